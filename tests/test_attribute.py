@@ -1,0 +1,111 @@
+"""Algorithm 1 end to end on small random generators, and profile bookkeeping."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from ronan_jax.attribute import attribute, config_from_profile
+from ronan_jax.config import InversionConfig
+from ronan_jax.invert import invert
+from ronan_jax.models import dcgan
+from ronan_jax.profile import Profile, ProfileMismatchError, build_profile, quantize_8bit
+
+CFG = InversionConfig(steps=120, restarts=4, lr=0.1, loop="chunked", unroll=20, max_batch=512)
+
+
+def _random_dcgan(seed: int, nz: int, ngf: int, name: str):
+    cfg = dcgan.DCGANConfig(nz=nz, ngf=ngf, nc=1, depth=3)
+    return dcgan.make_generator(cfg, dcgan.random_variables(cfg, jax.random.key(seed)), name=name)
+
+
+@pytest.fixture(scope="module")
+def models():
+    return _random_dcgan(0, 16, 8, "model"), _random_dcgan(1, 24, 12, "reference")
+
+
+@pytest.fixture(scope="module")
+def natural_crops() -> np.ndarray:
+    """100 greyscale 16x16 crops of photos shipped inside scikit-image."""
+    from skimage import data
+
+    rng = np.random.default_rng(0)
+    photos = [data.camera(), data.moon(), data.coins(), data.page(), data.text()]
+    crops = []
+    for i in range(100):
+        img = photos[i % len(photos)].astype(np.float32) / 255.0
+        y, x = rng.integers(0, img.shape[0] - 16), rng.integers(0, img.shape[1] - 16)
+        crops.append(img[y : y + 16, x : x + 16, None])
+    return quantize_8bit(np.stack(crops))
+
+
+@pytest.fixture(scope="module")
+def profile(models) -> Profile:
+    model, reference = models
+    return build_profile(model, reference, n=100, seed=0, config=CFG)
+
+
+def test_belonging_images_invert_10x_lower_than_natural_crops(models, natural_crops):
+    model, _ = models
+    own = quantize_8bit(np.asarray(model.generate(jax.random.key(42), 100)))
+    own_loss = invert(model, own, CFG).loss
+    crop_loss = invert(model, natural_crops, CFG).loss
+    print(f"median loss: belonging {np.median(own_loss):.2e}, natural crops {np.median(crop_loss):.2e}")
+    assert np.median(own_loss) * 10 < np.median(crop_loss)
+    assert np.mean(own_loss * 10 < np.median(crop_loss)) >= 0.95
+
+
+def test_attribute_separates_belonging_from_natural_images(models, natural_crops, profile):
+    model, reference = models
+    own = quantize_8bit(np.asarray(model.generate(jax.random.key(7), 100)))
+    out_own = attribute(own, model, reference, profile)
+    out_nat = attribute(natural_crops, model, reference, profile)
+    tp = int(np.sum(out_own.verdict == "belonging"))
+    tn = int(np.sum(out_nat.verdict == "non-belonging"))
+    print(f"belonging judged belonging: {tp}/100, natural judged non-belonging: {tn}/100")
+    assert tp >= 95
+    assert tn >= 95
+    assert np.all(out_nat.p_value[out_nat.verdict == "non-belonging"] < profile.alpha)
+    np.testing.assert_allclose(out_own.calibrated_loss, out_own.loss / out_own.ref_loss, rtol=1e-6)
+
+
+def test_profile_records_its_provenance_and_roundtrips(models, profile, tmp_path):
+    model, reference = models
+    assert profile.n == 100
+    assert profile.model == {"name": "model", "param_hash": model.param_hash}
+    assert profile.reference["param_hash"] == reference.param_hash
+    assert profile.config == CFG.result_settings()
+    np.testing.assert_allclose(profile.mu, np.mean(profile.calibrated_losses))
+    np.testing.assert_allclose(profile.sigma, np.std(profile.calibrated_losses, ddof=1))
+    assert {"jax", "optax", "flax"} <= set(profile.versions)
+    loaded = Profile.load(profile.save(tmp_path / "p.json"))
+    assert loaded == profile
+    assert loaded.critical_value == pytest.approx(3.2095, abs=1e-4)
+    assert config_from_profile(loaded).result_settings() == CFG.result_settings()
+
+
+def test_profile_is_reproducible_from_its_seed(models):
+    model, reference = models
+    cfg = CFG.replace(steps=20)
+    a = build_profile(model, reference, n=5, seed=3, config=cfg)
+    b = build_profile(model, reference, n=5, seed=3, config=cfg)
+    assert a.calibrated_losses == b.calibrated_losses
+
+
+def test_audit_with_other_settings_or_weights_is_refused(models, profile, natural_crops):
+    model, reference = models
+    with pytest.raises(ProfileMismatchError, match="steps: profile 120, audit 50"):
+        attribute(natural_crops[:2], model, reference, profile, CFG.replace(steps=50))
+    with pytest.raises(ProfileMismatchError, match="model weights differ"):
+        attribute(natural_crops[:2], reference, reference, profile)
+    with pytest.raises(ProfileMismatchError, match="no reference"):
+        attribute(natural_crops[:2], model, None, profile)
+
+
+def test_uncalibrated_profile_uses_raw_losses(models):
+    model, _ = models
+    cfg = CFG.replace(steps=20)
+    prof = build_profile(model, None, n=5, seed=1, config=cfg)
+    assert not prof.calibrated and prof.ref_losses is None
+    assert prof.calibrated_losses == prof.losses
