@@ -1,0 +1,50 @@
+"""Image inputs: sources (files, dirs, globs, tar streams, list files), decoding, batching.
+
+Plain NumPy + Pillow, no JAX: cheap to import and test, usable in any worker process.
+"""
+
+from ronan_jax.io.batcher import Batch, Batcher, Item
+from ronan_jax.io.decode import (
+    DEFAULT_MAX_PIXELS,
+    ERROR_KINDS,
+    DecodedImage,
+    ImageDecodeError,
+    decode_image,
+    image_to_array,
+    sha256,
+)
+from ronan_jax.io.sources import (
+    IMAGE_EXTENSIONS,
+    DirSource,
+    FileSource,
+    GlobSource,
+    ImageRecord,
+    ListFileSource,
+    Source,
+    TarSource,
+    iter_records,
+    source_for,
+)
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "ERROR_KINDS",
+    "IMAGE_EXTENSIONS",
+    "Batch",
+    "Batcher",
+    "DecodedImage",
+    "DirSource",
+    "FileSource",
+    "GlobSource",
+    "ImageDecodeError",
+    "ImageRecord",
+    "Item",
+    "ListFileSource",
+    "Source",
+    "TarSource",
+    "decode_image",
+    "image_to_array",
+    "iter_records",
+    "sha256",
+    "source_for",
+]

@@ -1,0 +1,325 @@
+"""Image sources: files, directories, globs, tar streams and list files, as one record stream.
+
+Every source yields `ImageRecord`s in a deterministic order (sorted within directories, glob
+matches sorted, tar members in archive order) so two runs over the same inputs see the same
+sequence, and a resumed run can skip what is done. Problems reading an input (a missing path,
+an unreadable file, a damaged archive) become records with `error` set, never exceptions: one
+bad path must not stop an audit of a million images.
+
+Paths are reported as absolute, normalised paths (``os.path.abspath``), so a resume from another
+working directory finds the same keys. Records carry the raw bytes; decoding happens later, by
+content, in `ronan_jax.io.decode`.
+"""
+
+from __future__ import annotations
+
+import glob
+import lzma
+import os
+import tarfile
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+)
+"""Extensions (lower case) that mark a file as an image in directories, globs and tar shards."""
+
+TAR_SUFFIXES: tuple[str, ...] = (
+    ".tar",
+    ".tar.gz",
+    ".tgz",
+    ".tar.bz2",
+    ".tbz2",
+    ".tbz",
+    ".tar.xz",
+    ".txz",
+)
+LIST_SUFFIXES: tuple[str, ...] = (".txt", ".lst")
+_GLOB_CHARS = frozenset("*?[")
+
+# Error kinds a source can put on a record (decode errors have their own kinds).
+SOURCE_ERROR_KINDS: tuple[str, ...] = ("not-found", "unreadable", "corrupt-archive")
+
+KeyFilter = Callable[[str, "str | None"], bool]
+"""``(path, member) -> bool``: True drops the record before its bytes are read."""
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One input image: where it came from and its raw bytes, or why they could not be read.
+
+    `member` is the name inside a tar archive, None for a plain file. Exactly one of `data`
+    and `error` is set; `error_kind` is one of `SOURCE_ERROR_KINDS` when `error` is.
+    """
+
+    path: str
+    member: str | None = None
+    data: bytes | None = None
+    error: str | None = None
+    error_kind: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """``(path, member or "")``: the identity the results store uses for resume."""
+        return (self.path, self.member or "")
+
+
+def has_image_extension(name: str) -> bool:
+    """True when `name` ends in one of `IMAGE_EXTENSIONS` (case-insensitive)."""
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _has_suffix(name: str, suffixes: tuple[str, ...]) -> bool:
+    return name.lower().endswith(suffixes)
+
+
+def _error(path: str, kind: str, message: str, member: str | None = None) -> ImageRecord:
+    return ImageRecord(path=path, member=member, error=message, error_kind=kind)
+
+
+def _read_file(path: str) -> ImageRecord:
+    try:
+        with open(path, "rb") as f:
+            return ImageRecord(path=path, data=f.read())
+    except FileNotFoundError:
+        return _error(path, "not-found", f"no such file: {path}")
+    except OSError as e:  # permissions, a directory, I/O errors
+        return _error(path, "unreadable", f"cannot read {path}: {e.strerror or e}")
+
+
+class Source:
+    """A deterministic stream of `ImageRecord`s.
+
+    `iter(source)` yields every record; `records(skip_key)` drops records whose
+    ``(path, member)`` satisfies `skip_key` before their bytes are read (tar members are
+    still read past, as a stream must be).
+    """
+
+    def records(self, skip_key: KeyFilter | None = None) -> Iterator[ImageRecord]:
+        """Yield the records of this source, leaving out those `skip_key` accepts."""
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[ImageRecord]:
+        return self.records()
+
+
+@dataclass(frozen=True)
+class FileSource(Source):
+    """A single file, decoded by content whatever its extension."""
+
+    path: str
+
+    def records(self, skip_key: KeyFilter | None = None) -> Iterator[ImageRecord]:
+        """Yield the one record of this file (an error record when it cannot be read)."""
+        path = os.path.abspath(self.path)
+        if skip_key is not None and skip_key(path, None):
+            return
+        yield _read_file(path)
+
+
+@dataclass(frozen=True)
+class DirSource(Source):
+    """Every image-extension file under a directory, recursively, sorted by name per level.
+
+    The walk is depth first with each directory's entries sorted by name (files and
+    subdirectories interleaved), which orders records like their sorted relative paths.
+    Symlinked directories are not followed (no loops); symlinked files are.
+    """
+
+    path: str
+
+    def records(self, skip_key: KeyFilter | None = None) -> Iterator[ImageRecord]:
+        """Yield a record for each image file under the directory."""
+        yield from self._walk(os.path.abspath(self.path), skip_key)
+
+    def _walk(self, folder: str, skip_key: KeyFilter | None) -> Iterator[ImageRecord]:
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            yield _error(folder, "unreadable", f"cannot list {folder}: {e.strerror or e}")
+            return
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+                is_file = not is_dir and entry.is_file()
+            except OSError:
+                is_dir = is_file = False
+            if is_dir:
+                yield from self._walk(entry.path, skip_key)
+            elif is_file and has_image_extension(entry.name):
+                if skip_key is not None and skip_key(entry.path, None):
+                    continue
+                yield _read_file(entry.path)
+
+
+@dataclass(frozen=True)
+class TarSource(Source):
+    """Image members of a tar archive (WebDataset-style shard), read as a stream.
+
+    Opened with mode ``'r|*'``: plain, gzip, bzip2 or xz, never extracted to disk and never
+    seeked, so a shard can be arbitrarily large. Members are yielded in archive order;
+    non-file members and members without an image extension (``.json``, ``.cls``, ...) are
+    passed over. A damaged archive yields an error record at the point of damage and ends.
+    """
+
+    path: str
+
+    def records(self, skip_key: KeyFilter | None = None) -> Iterator[ImageRecord]:
+        """Yield a record per image member, then stop at the end or at the first damage."""
+        path = os.path.abspath(self.path)
+        try:
+            fileobj = open(path, "rb")
+        except FileNotFoundError:
+            yield _error(path, "not-found", f"no such file: {path}")
+            return
+        except OSError as e:
+            yield _error(path, "unreadable", f"cannot read {path}: {e.strerror or e}")
+            return
+        member_name: str | None = None
+        try:
+            with fileobj, tarfile.open(fileobj=fileobj, mode="r|*") as tar:
+                for info in tar:
+                    member_name = info.name
+                    if not info.isfile() or not has_image_extension(info.name):
+                        continue
+                    if skip_key is not None and skip_key(path, info.name):
+                        continue  # the stream reads past the member's data by itself
+                    f = tar.extractfile(info)
+                    data = f.read() if f is not None else b""
+                    yield ImageRecord(path=path, member=info.name, data=data)
+        except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as e:
+            # tarfile, gzip, bz2, lzma and zlib raise a mix of these for damaged streams.
+            where = f" at member {member_name!r}" if member_name else ""
+            yield _error(
+                path,
+                "corrupt-archive",
+                f"damaged tar archive {path}{where}: {type(e).__name__}: {e}",
+                member=None,
+            )
+
+
+@dataclass(frozen=True)
+class GlobSource(Source):
+    """Matches of a glob pattern (``**`` recursive), sorted; each match dispatched by kind.
+
+    Directories expand recursively, tar archives (by extension) stream their members, files
+    with an image extension are read; other matches are ignored. No match yields a
+    ``not-found`` error record, so a mistyped pattern is visible in the results.
+    """
+
+    pattern: str
+
+    def records(self, skip_key: KeyFilter | None = None) -> Iterator[ImageRecord]:
+        """Yield the records of every match, in sorted order of the matched paths."""
+        matches = sorted(os.path.abspath(m) for m in glob.glob(self.pattern, recursive=True))
+        sources: list[Source] = []
+        for match in matches:
+            if os.path.isdir(match):
+                sources.append(DirSource(match))
+            elif _has_suffix(match, TAR_SUFFIXES):
+                sources.append(TarSource(match))
+            elif has_image_extension(match):
+                sources.append(FileSource(match))
+        if not sources:
+            yield _error(
+                os.path.abspath(self.pattern), "not-found", f"no image matches {self.pattern!r}"
+            )
+            return
+        for source in sources:
+            yield from source.records(skip_key)
+
+
+@dataclass(frozen=True)
+class ListFileSource(Source):
+    """A text file naming one input per line.
+
+    Blank lines and lines starting with ``#`` are skipped; relative paths are resolved against
+    the list file's folder (not the working directory), so a list travels with its data.
+    Entries are literal paths (no glob expansion, no nested lists): a directory expands, a tar
+    archive streams, anything else is read as an image.
+    """
+
+    path: str
+
+    def entries(self) -> list[str]:
+        """The absolute paths the list names, in file order."""
+        folder = os.path.dirname(os.path.abspath(self.path))
+        out = []
+        with open(self.path, encoding="utf-8") as f:
+            for line in f:
+                entry = line.strip()
+                if not entry or entry.startswith("#"):
+                    continue
+                out.append(os.path.normpath(os.path.join(folder, os.path.expanduser(entry))))
+        return out
+
+    def records(self, skip_key: KeyFilter | None = None) -> Iterator[ImageRecord]:
+        """Yield the records of each listed entry, in list order."""
+        path = os.path.abspath(self.path)
+        try:
+            entries = self.entries()
+        except FileNotFoundError:
+            yield _error(path, "not-found", f"no such list file: {path}")
+            return
+        except (OSError, UnicodeDecodeError) as e:
+            yield _error(path, "unreadable", f"cannot read list file {path}: {e}")
+            return
+        for entry in entries:
+            yield from _literal_source(entry).records(skip_key)
+
+
+def _is_tar(path: str) -> bool:
+    if _has_suffix(path, TAR_SUFFIXES):
+        return True
+    if has_image_extension(path) or _has_suffix(path, LIST_SUFFIXES):
+        return False
+    try:
+        return tarfile.is_tarfile(path)
+    except OSError:
+        return False
+
+
+def _literal_source(path: str) -> Source:
+    if os.path.isdir(path):
+        return DirSource(path)
+    if os.path.isfile(path) and _is_tar(path):
+        return TarSource(path)
+    return FileSource(path)  # a missing path becomes a not-found record when read
+
+
+def source_for(spec: str) -> Source:
+    """Pick the source for one command-line input.
+
+    In order: ``@list`` is a list file; an existing directory is walked; an existing tar
+    archive (by extension, or by content for unknown extensions) is streamed; an existing
+    ``.txt``/``.lst`` file is a list file; a missing path containing ``*?[`` is a glob;
+    anything else is one file (a missing one yields a ``not-found`` record).
+    """
+    if spec.startswith("@"):
+        return ListFileSource(spec[1:])
+    if os.path.isdir(spec):
+        return DirSource(spec)
+    if os.path.isfile(spec):
+        if _is_tar(spec):
+            return TarSource(spec)
+        if _has_suffix(spec, LIST_SUFFIXES):
+            return ListFileSource(spec)
+        return FileSource(spec)
+    if _GLOB_CHARS.intersection(spec):
+        return GlobSource(spec)
+    return FileSource(spec)
+
+
+def iter_records(
+    specs: Iterable[str], *, skip_key: KeyFilter | None = None
+) -> Iterator[ImageRecord]:
+    """Yield the records of every input spec, in spec order (see `source_for`).
+
+    `skip_key(path, member)` returning True drops a record before its bytes are read; use it
+    to resume cheaply from the store's done keys.
+    """
+    for spec in specs:
+        yield from source_for(spec).records(skip_key)

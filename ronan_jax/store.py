@@ -1,0 +1,460 @@
+"""Audit results in SQLite: one row per image, resumable, atomic per batch, mergeable.
+
+Two tables, defined once below (`_SCHEMA`), versioned with SQLite's ``user_version``:
+
+* ``runs``: one row per audit invocation -- its id, creation time, the full configuration as
+  JSON (model identity, reference identity, profile id, inversion settings, versions, ...) and
+  its ``config_key``: the SHA-256 of the canonical JSON of the settings that affect results
+  (the configuration minus `NON_KEY_FIELDS`). Runs with equal keys produce interchangeable
+  rows, which is what makes resuming and merging shards safe.
+* ``results``: one row per (config_key, path, member) -- ``member`` is ``''`` for plain files.
+
+Writes go in one transaction per batch (a kill mid-batch leaves none of its rows) and are
+upserts on that key, so re-running never duplicates. The database uses WAL journalling so a
+reader (a progress view, a report) never blocks the writer. A `ResultStore` is meant for one
+thread; give each process or thread its own.
+
+The store knows nothing about images or models: rows are plain dicts with the keys in
+`ROW_KEYS`; ``path`` and ``verdict`` are required, the rest default to NULL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import enum
+import hashlib
+import json
+import operator
+import os
+import sqlite3
+import urllib.parse
+import uuid
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+VERDICTS: tuple[str, ...] = ("belonging", "non-belonging", "error")
+
+NON_KEY_FIELDS: frozenset[str] = frozenset(
+    {"versions", "info", "notes", "host", "created", "batch_size", "workers", "prefetch"}
+)
+"""Top-level configuration entries that are recorded but do not change a result.
+
+Software versions are among them on purpose: a resume after a patch upgrade should continue the
+same run; put a version into the key explicitly (e.g. under ``"engine"``) if it must split runs.
+"""
+
+# The results columns after config_key: (name, SQL type and constraints). The one place the
+# schema lives; write_batch, iter_results and merge are derived from it.
+_RESULT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("path", "TEXT NOT NULL"),
+    ("member", "TEXT NOT NULL DEFAULT ''"),
+    ("sha256", "TEXT"),
+    ("size_bytes", "INTEGER"),
+    ("width", "INTEGER"),
+    ("height", "INTEGER"),
+    ("mode", "TEXT"),
+    ("resized", "INTEGER"),
+    ("loss", "REAL"),
+    ("ref_loss", "REAL"),
+    ("calibrated_loss", "REAL"),
+    ("z", "REAL"),
+    ("critical_value", "REAL"),
+    ("p_value", "REAL"),
+    ("verdict", "TEXT NOT NULL CHECK (verdict IN ('belonging', 'non-belonging', 'error'))"),
+    ("error_kind", "TEXT"),
+    ("error", "TEXT"),
+    ("started", "TEXT"),
+    ("finished", "TEXT"),
+    ("seconds", "REAL"),
+    ("evidence_path", "TEXT"),
+    ("run_id", "TEXT"),
+)
+ROW_KEYS: tuple[str, ...] = tuple(name for name, _ in _RESULT_COLUMNS)
+"""Keys a result row may have (``write_batch``); ``path`` and ``verdict`` are required."""
+_REQUIRED = ("path", "verdict")
+_KEY_COLUMNS = ("config_key", "path", "member")
+
+_SCHEMA = f"""
+CREATE TABLE runs (
+    run_id TEXT PRIMARY KEY,
+    created TEXT NOT NULL,
+    config_key TEXT NOT NULL,
+    config_json TEXT NOT NULL
+);
+CREATE INDEX runs_config_key ON runs (config_key);
+CREATE TABLE results (
+    config_key TEXT NOT NULL,
+    {", ".join(f"{name} {decl}" for name, decl in _RESULT_COLUMNS)},
+    UNIQUE (config_key, path, member)
+);
+CREATE INDEX results_verdict ON results (config_key, verdict);
+"""
+
+
+class StoreError(Exception):
+    """A results-database operation that cannot be done (bad row, unknown run, bad file)."""
+
+
+class SchemaVersionError(StoreError):
+    """The database was written by another schema version of ronan-jax."""
+
+
+class ShardMismatchError(StoreError):
+    """Shards to merge hold results of different configurations (config keys)."""
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """A run: its id, its results key, when it started and its full configuration."""
+
+    run_id: str
+    config_key: str
+    created: str = ""
+    config: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+def utc_now() -> str:
+    """The current UTC time as ISO 8601 text (the store's timestamp format)."""
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
+
+
+def _json_default(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, set | frozenset):
+        return sorted(obj)
+    if hasattr(obj, "tolist"):  # NumPy scalars and arrays, without importing NumPy
+        return obj.tolist()
+    raise TypeError(f"cannot store {type(obj).__name__} in a run configuration")
+
+
+def canonical_json(obj: Any) -> str:
+    """Deterministic JSON: sorted keys, no whitespace, no NaN; dataclasses become dicts."""
+    try:
+        return json.dumps(
+            obj,
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+            allow_nan=False,
+            default=_json_default,
+        )
+    except (TypeError, ValueError) as e:
+        raise StoreError(f"configuration is not JSON-serialisable: {e}") from e
+
+
+def make_config_key(
+    config: Mapping[str, Any], non_key_fields: Collection[str] = NON_KEY_FIELDS
+) -> str:
+    """SHA-256 (hex) of the canonical JSON of `config` without its `non_key_fields` entries."""
+    settings = {k: v for k, v in config.items() if k not in non_key_fields}
+    return hashlib.sha256(canonical_json(settings).encode("utf-8")).hexdigest()
+
+
+def _coerce(name: str, decl: str, value: Any) -> Any:
+    """Plain Python values for sqlite3 (it refuses NumPy float32, for instance)."""
+    if value is None:
+        return None
+    kind = decl.split()[0]
+    if kind == "INTEGER":
+        if getattr(getattr(value, "dtype", None), "kind", None) == "b":
+            return int(bool(value))  # NumPy bool has no __index__
+        return int(operator.index(value))  # bools and NumPy ints; a float here is a bug
+    if kind == "REAL":
+        return float(value)
+    if isinstance(value, _dt.datetime):
+        return value.isoformat()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if not isinstance(value, str):
+        raise TypeError(f"column {name} takes text, got {type(value).__name__}")
+    return value
+
+
+def _row_values(config_key: str, row: Mapping[str, Any], run_id: str | None) -> list[Any]:
+    unknown = set(row) - set(ROW_KEYS)
+    if unknown:
+        raise StoreError(f"unknown result field(s) {sorted(unknown)}; expected {ROW_KEYS}")
+    missing = [k for k in _REQUIRED if row.get(k) is None]
+    if missing:
+        raise StoreError(f"result row lacks {missing}: {dict(row)}")
+    values: list[Any] = [config_key]
+    for name, decl in _RESULT_COLUMNS:
+        value = row.get(name)
+        if name == "member" and value is None:
+            value = ""
+        elif name == "run_id" and value is None:
+            value = run_id
+        try:
+            values.append(_coerce(name, decl, value))
+        except (TypeError, ValueError) as e:
+            raise StoreError(f"bad value for {name!r} in row for {row.get('path')}: {e}") from e
+    return values
+
+
+_COLUMN_LIST = ", ".join(("config_key", *ROW_KEYS))
+_UPSERT_TAIL = "ON CONFLICT (config_key, path, member) DO UPDATE SET " + ", ".join(
+    f"{name} = excluded.{name}" for name in ROW_KEYS if name not in _KEY_COLUMNS
+)
+_UPSERT = (
+    f"INSERT INTO results ({_COLUMN_LIST}) VALUES ({', '.join('?' * (len(ROW_KEYS) + 1))}) "
+    + _UPSERT_TAIL
+)
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+    conn.execute("PRAGMA busy_timeout = 30000")
+    return conn
+
+
+class ResultStore:
+    """A results database (created on first use); use as a context manager.
+
+    ``with ResultStore("audit.db") as store: run = store.start_run(config); ...``
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        try:
+            self._conn = _connect(self.path)
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA synchronous = NORMAL")  # with WAL: atomic, still durable
+            self._ensure_schema()
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open results database {self.path}: {e}") from e
+
+    def _ensure_schema(self) -> None:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                tables = conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table'"
+                ).fetchall()
+                if tables:
+                    raise StoreError(f"{self.path} is an SQLite file but not a results database")
+                # statement by statement: executescript would COMMIT our transaction
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version != SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"{self.path} has results schema version {version}; this ronan-jax "
+                    f"reads version {SCHEMA_VERSION}"
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            self._conn.close()
+            raise
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        self._conn.close()
+
+    def __enter__(self) -> ResultStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- runs ------------------------------------------------------------------------------
+    def start_run(
+        self,
+        config: Mapping[str, Any],
+        *,
+        non_key_fields: Collection[str] = NON_KEY_FIELDS,
+        run_id: str | None = None,
+    ) -> RunInfo:
+        """Record a new run of `config` and return its id and results key.
+
+        A run with the same result-affecting settings as an earlier one gets the same
+        `config_key`, so `done_keys` of that key tells it what is already done.
+        """
+        config_json = canonical_json(config)
+        key = make_config_key(config, non_key_fields)
+        info = RunInfo(run_id or uuid.uuid4().hex, key, utc_now(), json.loads(config_json))
+        try:
+            self._conn.execute(
+                "INSERT INTO runs (run_id, created, config_key, config_json) VALUES (?, ?, ?, ?)",
+                (info.run_id, info.created, key, config_json),
+            )
+        except sqlite3.IntegrityError as e:
+            raise StoreError(f"run id {info.run_id!r} already exists") from e
+        return info
+
+    def runs(self) -> list[RunInfo]:
+        """Every run in the database, oldest first."""
+        rows = self._conn.execute(
+            "SELECT run_id, config_key, created, config_json FROM runs ORDER BY created, rowid"
+        ).fetchall()
+        return [RunInfo(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+
+    def _require_run(self, config_key: str) -> None:
+        found = self._conn.execute(
+            "SELECT 1 FROM runs WHERE config_key = ? LIMIT 1", (config_key,)
+        ).fetchone()
+        if found is None:
+            raise StoreError(f"no run with config key {config_key!r}; call start_run first")
+
+    # -- results ---------------------------------------------------------------------------
+    def done_keys(self, config_key: str, *, include_errors: bool = True) -> set[tuple[str, str]]:
+        """``(path, member)`` of every image with a row under `config_key` (for resume).
+
+        With ``include_errors=False`` error rows do not count as done, so a resume retries them.
+        """
+        sql = "SELECT path, member FROM results WHERE config_key = ?"
+        if not include_errors:
+            sql += " AND verdict != 'error'"
+        return {(p, m) for p, m in self._conn.execute(sql, (config_key,))}
+
+    def write_batch(
+        self,
+        config_key: str,
+        rows: Iterable[Mapping[str, Any]],
+        *,
+        run_id: str | None = None,
+    ) -> int:
+        """Write `rows` under `config_key` in one transaction; return how many were written.
+
+        All or nothing: if any row is bad (unknown key, missing path/verdict, a value of the
+        wrong type, a verdict outside `VERDICTS`) none is written and StoreError is raised.
+        A row for an image already stored replaces it (no duplicates). `run_id` fills rows
+        that do not name their run.
+        """
+        rows = list(rows)
+        if not rows:
+            return 0
+        self._require_run(config_key)
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for row in rows:
+                conn.execute(_UPSERT, _row_values(config_key, row, run_id))
+            conn.execute("COMMIT")
+        except BaseException as e:
+            conn.execute("ROLLBACK")
+            if isinstance(e, sqlite3.Error):
+                raise StoreError(f"batch not written: {e}") from e
+            raise
+        return len(rows)
+
+    def iter_results(
+        self, config_key: str | None = None, *, verdict: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Result rows as dicts (``config_key`` plus `ROW_KEYS`), ordered by key and path."""
+        where, params = [], []
+        if config_key is not None:
+            where.append("config_key = ?")
+            params.append(config_key)
+        if verdict is not None:
+            where.append("verdict = ?")
+            params.append(verdict)
+        sql = f"SELECT {_COLUMN_LIST} FROM results"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY config_key, path, member"
+        names = ("config_key", *ROW_KEYS)
+        cursor = self._conn.execute(sql, params)
+        while chunk := cursor.fetchmany(1024):
+            for values in chunk:
+                row = dict(zip(names, values, strict=True))
+                if row["resized"] is not None:
+                    row["resized"] = bool(row["resized"])
+                yield row
+
+    def count_by_verdict(self, config_key: str | None = None) -> dict[str, int]:
+        """Number of rows per verdict (every verdict present, zero if none)."""
+        sql = "SELECT verdict, COUNT(*) FROM results"
+        params: tuple[str, ...] = ()
+        if config_key is not None:
+            sql += " WHERE config_key = ?"
+            params = (config_key,)
+        counts = dict.fromkeys(VERDICTS, 0)
+        counts.update(dict(self._conn.execute(sql + " GROUP BY verdict", params).fetchall()))
+        return counts
+
+
+def _shard_keys(path: str) -> set[str]:
+    """Config keys a shard holds (runs and results), checking it is a results database."""
+    if not os.path.isfile(path):
+        raise StoreError(f"no such shard database: {path}")
+    try:
+        conn = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro", uri=True)
+    except sqlite3.Error as e:
+        raise StoreError(f"cannot open shard {path}: {e}") from e
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version != SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"shard {path} has results schema version {version}, expected {SCHEMA_VERSION}"
+            )
+        keys = {k for (k,) in conn.execute("SELECT DISTINCT config_key FROM runs")}
+        keys |= {k for (k,) in conn.execute("SELECT DISTINCT config_key FROM results")}
+        return keys
+    except sqlite3.Error as e:
+        raise StoreError(f"{path} is not a results database: {e}") from e
+    finally:
+        conn.close()
+
+
+def merge(dst: str | os.PathLike[str], srcs: Iterable[str | os.PathLike[str]]) -> int:
+    """Combine shard databases into `dst` (created if missing); return rows merged.
+
+    Every shard (and `dst`, if it already has runs) must hold a single, common config key,
+    otherwise ShardMismatchError is raised before anything is written. Each shard is merged
+    in one transaction; runs are copied, and a row for an image already present replaces it
+    unless that would replace a real verdict with an error. Merging again is harmless.
+    """
+    dst = os.fspath(dst)
+    src_paths = [os.path.abspath(os.fspath(s)) for s in srcs]
+    if os.path.abspath(dst) in src_paths:
+        raise StoreError(f"cannot merge {dst} into itself")
+    keys_by_shard = {src: _shard_keys(src) for src in src_paths}
+    if os.path.exists(dst):
+        keys_by_shard[dst] = _shard_keys(dst)
+    if len(set().union(*keys_by_shard.values())) > 1:
+        detail = "; ".join(
+            f"{p}: {', '.join(sorted(k)) or '(empty)'}" for p, k in keys_by_shard.items()
+        )
+        raise ShardMismatchError(f"shards hold results of different configurations ({detail})")
+    with ResultStore(dst) as store:
+        conn = store._conn
+        copied = 0
+        for src in src_paths:
+            conn.execute("ATTACH DATABASE ? AS shard", (src,))
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.execute(
+                        "INSERT OR IGNORE INTO runs (run_id, created, config_key, config_json) "
+                        "SELECT run_id, created, config_key, config_json FROM shard.runs"
+                    )
+                    before = conn.total_changes
+                    conn.execute(
+                        f"INSERT INTO results ({_COLUMN_LIST}) "
+                        f"SELECT {_COLUMN_LIST} FROM shard.results WHERE true "
+                        + _UPSERT_TAIL
+                        + " WHERE NOT (excluded.verdict = 'error' AND results.verdict != 'error')"
+                    )
+                    copied += conn.total_changes - before
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as e:
+                raise StoreError(f"merging {src} failed: {e}") from e
+            finally:
+                conn.execute("DETACH DATABASE shard")
+        return copied
