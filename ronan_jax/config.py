@@ -14,8 +14,19 @@ class InversionConfig:
     """How the input of a generator is reverse-engineered (SPEC section 1).
 
     Attributes that change results (``steps``, ``restarts``, ``lr``, ``metric``, ``seed``,
-    ``precision``) form :meth:`result_settings`; the rest (``max_batch``, ``loop``,
-    ``unroll``) only change speed and memory.
+    ``precision`` and the early-stopping options when on) form :meth:`result_settings`; the
+    rest (``max_batch``, ``loop``, ``unroll``) only change speed and memory.
+
+    Early stopping (off by default, so the SPEC's behaviour is the default), decided every
+    ``check_every`` steps, per image, independently of batch neighbours:
+
+    - ``plateau_window`` > 0: a restart stops once its best loss improved by less than
+      ``plateau_rtol`` (relative) over the last ``plateau_window`` steps.
+    - ``halving_at``: fractions of ``steps`` at which each image keeps the better half of its
+      running restarts (successive halving).
+
+    ``max_batch`` is the number of runs (images x restarts) per device call; 0 picks a
+    backend default (:func:`ronan_jax.invert.default_max_batch`).
     """
 
     steps: int = 1500
@@ -24,9 +35,13 @@ class InversionConfig:
     metric: str = "mse"
     seed: int = 0
     precision: str = "float32"
-    max_batch: int = 256
+    max_batch: int = 0
     loop: str = "auto"
     unroll: int = 10
+    check_every: int = 50
+    plateau_window: int = 0
+    plateau_rtol: float = 1e-3
+    halving_at: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -39,12 +54,21 @@ class InversionConfig:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.loop not in LOOPS:
             raise ValueError(f"loop must be one of {LOOPS}, got {self.loop!r}")
-        if self.max_batch < 1 or self.unroll < 1:
-            raise ValueError("max_batch and unroll must be >= 1")
+        if self.max_batch < 0 or self.unroll < 1 or self.check_every < 1:
+            raise ValueError("max_batch must be >= 0, unroll and check_every >= 1")
+        if self.plateau_window < 0 or self.plateau_window % self.check_every:
+            raise ValueError("plateau_window must be a non-negative multiple of check_every")
+        if any(not 0 < f < 1 for f in self.halving_at):
+            raise ValueError(f"halving_at fractions must lie in (0, 1), got {self.halving_at}")
+        object.__setattr__(self, "halving_at", tuple(sorted(float(f) for f in self.halving_at)))
+
+    @property
+    def early_stopping(self) -> bool:
+        return self.plateau_window > 0 or bool(self.halving_at)
 
     def result_settings(self) -> dict[str, Any]:
         """The settings that determine results: what profiles and result rows compare."""
-        return {
+        out: dict[str, Any] = {
             "steps": self.steps,
             "restarts": self.restarts,
             "lr": self.lr,
@@ -52,6 +76,14 @@ class InversionConfig:
             "seed": self.seed,
             "precision": self.precision,
         }
+        if self.early_stopping:
+            out.update(
+                check_every=self.check_every,
+                plateau_window=self.plateau_window,
+                plateau_rtol=self.plateau_rtol,
+                halving_at=list(self.halving_at),
+            )
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -59,7 +91,10 @@ class InversionConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InversionConfig:
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        kwargs = {k: v for k, v in data.items() if k in known}
+        if "halving_at" in kwargs:
+            kwargs["halving_at"] = tuple(kwargs["halving_at"])
+        return cls(**kwargs)
 
     def replace(self, **changes: Any) -> InversionConfig:
         return dataclasses.replace(self, **changes)

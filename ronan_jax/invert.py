@@ -48,6 +48,7 @@ class InversionResult(NamedTuple):
     restart_losses: np.ndarray  # [B, R] loss of each restart at the last step
     restart_best: np.ndarray  # [B, R] best loss of each restart
     diverged: np.ndarray  # [B] bool: every restart diverged; the image must not be judged
+    steps_run: np.ndarray  # [B, R] optimisation steps each restart actually ran
 
 
 def image_key(seed: int, image: np.ndarray) -> jax.Array:
@@ -148,6 +149,25 @@ def resolve_loop(loop: str, backend: str | None = None) -> str:
     return "chunked" if backend == "cpu" else "scan"
 
 
+def default_max_batch(backend: str | None = None) -> int:
+    """Runs (images x restarts) per device call when the config says 0: on CPU, beyond ~64
+    runs the step gets no faster per run (measured on 2 cores); accelerators want wide
+    batches (issue 8 finds the memory limit)."""
+    backend = backend or jax.default_backend()
+    return 64 if backend == "cpu" else 4096
+
+
+class _Program(NamedTuple):
+    """The compiled pieces of one (generator, settings); jax.jit caches per shape below."""
+
+    start: Callable[..., Any]  # keys[b] -> z0[b*R]
+    init: Callable[..., Any]  # z0[n] -> InversionState
+    gather: Callable[..., Any]  # (state, targets, cond, run_img, idx) -> (sub_state, t, c)
+    advance: Callable[..., Any]  # (sub_state, params, t, c, n_steps, measure_last) -> sub_state
+    scatter: Callable[..., Any]  # (state, sub_state, idx) -> state
+    reconstruct: Callable[..., Any]  # (params, inputs, cond) -> images
+
+
 @functools.lru_cache(maxsize=64)
 def _program(
     apply_fn: ApplyFn,
@@ -159,71 +179,75 @@ def _program(
     precision: str,
     loop: str,
     unroll: int,
-) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
-    """The three compiled pieces of one (generator, settings): start, advance k steps, finish.
-
-    jax.jit caches per input shape underneath, so one entry here serves every batch of the
-    same padded size without recompiling.
-    """
+) -> _Program:
     optimizer = optax.adam(lr)
     compute_dtype = jnp.bfloat16 if precision == "bfloat16" else jnp.float32
 
-    def repeat(x: Any) -> Any:
-        return None if x is None else jax.tree_util.tree_map(lambda a: jnp.repeat(a, restarts, axis=0), x)
+    @jax.jit
+    def start(keys: jax.Array) -> jax.Array:
+        z0 = jax.vmap(lambda k: prior(k, (restarts, *input_shape)))(keys)
+        return z0.reshape((-1, *input_shape)).astype(jnp.float32)
 
-    def loss_fn(params: Any, targets: jax.Array, condition: Any) -> Callable[[jax.Array], jax.Array]:
-        return lambda z: run_losses(apply_fn, metric, compute_dtype, params, z, targets, condition)[0]
+    init = jax.jit(functools.partial(init_state, optimizer))
 
     @jax.jit
-    def start(keys: jax.Array) -> InversionState:
-        z0 = jax.vmap(lambda k: prior(k, (restarts, *input_shape)))(keys)
-        z0 = z0.reshape((-1, *input_shape)).astype(jnp.float32)
-        return init_state(optimizer, z0)
+    def gather(state: InversionState, targets: jax.Array, condition: Any, run_img: jax.Array, idx: jax.Array) -> tuple[Any, ...]:
+        sub = _map_runs(lambda a: a[idx], state, state.z.shape[0])
+        img = run_img[idx]
+        cond = None if condition is None else jax.tree_util.tree_map(lambda c: c[img], condition)
+        return sub, targets[img], cond
 
-    def advance_impl(state: InversionState, params: Any, targets: jax.Array, condition: Any, n_steps: int) -> InversionState:
-        rt, rc = repeat(targets), repeat(condition)
-        fn = loss_fn(params, rt, rc)
-        step = functools.partial(inversion_step, fn, optimizer)
+    def advance_impl(state: InversionState, params: Any, targets: jax.Array, condition: Any, n_steps: int, measure_last: bool) -> InversionState:
+        def losses(z: jax.Array) -> jax.Array:
+            return run_losses(apply_fn, metric, compute_dtype, params, z, targets, condition)[0]
+
+        step = functools.partial(inversion_step, losses, optimizer)
         if loop == "scan":
             state, _ = jax.lax.scan(lambda s, _: (step(s), None), state, None, length=n_steps, unroll=min(unroll, n_steps))
-            return state
-        for _ in range(n_steps):  # chunked: unrolled straight-line steps in one program
-            state = step(state)
+        else:
+            for _ in range(n_steps):  # chunked: unrolled straight-line steps in one program
+                state = step(state)
+        if measure_last:  # the last update's input is measured too, so no step is wasted
+            last = losses(state.z)
+            finite = jnp.isfinite(last) & state.alive
+            better = finite & (last < state.best_loss)
+            state = state._replace(
+                best_loss=jnp.where(better, last, state.best_loss),
+                best_z=jnp.where(_per_run(better, state.z), state.z, state.best_z),
+                last_loss=jnp.where(finite, last, jnp.inf),
+            )
         return state
 
-    advance = jax.jit(advance_impl, static_argnums=4, donate_argnums=0)
+    advance = jax.jit(advance_impl, static_argnums=(4, 5), donate_argnums=0)
 
-    @jax.jit
-    def finish(state: InversionState, params: Any, targets: jax.Array, condition: Any) -> tuple[jax.Array, ...]:
-        n_img = targets.shape[0]
-        # The last update's input was never measured: measure it so no step is wasted.
-        last, _ = run_losses(apply_fn, metric, compute_dtype, params, state.z, repeat(targets), repeat(condition))
-        finite = jnp.isfinite(last) & state.alive
-        better = finite & (last < state.best_loss)
-        best_loss = jnp.where(better, last, state.best_loss)
-        best_z = jnp.where(_per_run(better, state.z), state.z, state.best_z)
-        last_loss = jnp.where(finite, last, jnp.inf)
-
-        per_img = best_loss.reshape(n_img, restarts)
-        winner = jnp.argmin(per_img, axis=1)
-        zs = best_z.reshape((n_img, restarts, *input_shape))
-        best_input = jnp.take_along_axis(zs, winner.reshape((n_img, 1) + (1,) * len(input_shape)), axis=1)[:, 0]
-        _, recon = run_losses(apply_fn, metric, compute_dtype, params, best_input, targets, condition)
-        return (
-            jnp.min(per_img, axis=1),
-            best_input,
-            recon,
-            last_loss.reshape(n_img, restarts),
-            per_img,
+    @functools.partial(jax.jit, donate_argnums=0)
+    def scatter(state: InversionState, sub: InversionState, idx: jax.Array) -> InversionState:
+        n = state.z.shape[0]
+        return jax.tree_util.tree_map(
+            lambda full, part: full.at[idx].set(part, mode="drop") if _is_run_leaf(full, n) else part,
+            state,
+            sub,
         )
 
-    return start, advance, finish
+    @jax.jit
+    def reconstruct(params: Any, inputs: jax.Array, condition: Any) -> jax.Array:
+        images = apply_fn(_cast_floats(params, compute_dtype), inputs.astype(compute_dtype), condition)
+        return images.astype(jnp.float32)
+
+    return _Program(start, init, gather, advance, scatter, reconstruct)
 
 
-def compiled_program(
-    generator: Generator, config: InversionConfig, metric: Metric | None = None
-) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
-    """The cached (start, advance, finish) jitted functions for a generator and settings."""
+def _is_run_leaf(leaf: Any, n: int) -> bool:
+    return bool(jnp.ndim(leaf)) and leaf.shape[0] == n
+
+
+def _map_runs(fn: Callable[[jax.Array], jax.Array], state: InversionState, n: int) -> InversionState:
+    """Apply ``fn`` to every per-run leaf of the state (Adam's step count is shared)."""
+    return jax.tree_util.tree_map(lambda a: fn(a) if _is_run_leaf(a, n) else a, state)
+
+
+def compiled_program(generator: Generator, config: InversionConfig, metric: Metric | None = None) -> _Program:
+    """The cached compiled pieces for a generator and settings."""
     metric_fn = metric if metric is not None else get_metric(config.metric)
     return _program(
         generator.apply_fn,
@@ -246,12 +270,26 @@ def _bucket(n: int, capacity: int) -> int:
     return min(size, capacity)
 
 
+def _segments(steps: int, unroll: int, check_every: int, loop: str) -> list[int]:
+    """Step counts of the compiled calls: cut at every ``check_every`` boundary (where the
+    early-stopping decisions are made) and, for the chunked loop, every ``unroll`` steps."""
+    out, done = [], 0
+    piece = unroll if loop == "chunked" else check_every
+    while done < steps:
+        to_check = check_every - done % check_every
+        k = min(piece, to_check, steps - done)
+        out.append(k)
+        done += k
+    return out
+
+
 def invert(
     generator: Generator,
     images: np.ndarray | jax.Array,
     config: InversionConfig | None = None,
     conditions: Any = None,
     metric: Metric | None = None,
+    stop_below: np.ndarray | None = None,
 ) -> InversionResult:
     """Reverse-engineer ``generator``'s input for every image (SPEC Eq. 1).
 
@@ -261,9 +299,13 @@ def invert(
         config: settings (SPEC defaults when omitted).
         conditions: optional per-image fixed conditioning ``[B, ...]`` (else the generator's).
         metric: a metric function overriding ``config.metric`` (e.g. a perceptual metric).
+        stop_below: optional per-image loss thresholds: an image stops as soon as its best
+            loss is below its threshold. Exact for threshold decisions: the best loss only
+            falls with more steps, so "below the threshold" can never be undone.
 
-    Returns per image the best loss, input and reconstruction, and per-restart losses.
-    Images are processed in chunks of at most ``config.max_batch // restarts`` images.
+    Returns per image the best loss, input and reconstruction, and per-restart losses and
+    steps run. Images go through in chunks of ``max_batch // restarts``; inside a chunk only
+    runs still going are computed (stopped runs are compacted out, in power-of-two buckets).
     """
     config = config or InversionConfig()
     images = np.asarray(images, dtype=np.float32)
@@ -274,44 +316,42 @@ def invert(
             f"images of shape {images.shape[1:]} do not match generator {generator.name!r} "
             f"output {generator.output_shape}"
         )
-    loop = resolve_loop(config.loop)
-    start, advance, finish = compiled_program(generator, config, metric)
     n = images.shape[0]
-    capacity = max(1, config.max_batch // config.restarts)
-    keys = jnp.stack([image_key(config.seed, img) for img in images]) if n else None
+    if stop_below is not None:
+        stop_below = np.broadcast_to(np.asarray(stop_below, np.float64), (n,))
     if conditions is None and generator.condition is not None:
         conditions = generator.batched_condition(n)
-
-    parts: list[tuple[np.ndarray, ...]] = []
-    for lo in range(0, n, capacity):
-        hi = min(lo + capacity, n)
-        size = _bucket(hi - lo, capacity)
-        pad = size - (hi - lo)
-        chunk_keys = _pad(keys[lo:hi], pad)
-        chunk_imgs = _pad(jnp.asarray(images[lo:hi]), pad)
-        chunk_cond = _slice_tree(conditions, lo, hi, pad)
-        state = start(chunk_keys)
-        done = 0
-        chunk_steps = config.steps if loop == "scan" else config.unroll
-        while done < config.steps:
-            k = min(chunk_steps, config.steps - done)
-            state = advance(state, generator.params, chunk_imgs, chunk_cond, k)
-            done += k
-        out = finish(state, generator.params, chunk_imgs, chunk_cond)
-        parts.append(tuple(np.asarray(o)[: hi - lo] for o in out))
-
+    program = compiled_program(generator, config, metric)
+    max_batch = config.max_batch or default_max_batch()
+    images_per_call = max(1, max_batch // config.restarts)
+    parts = []
+    for lo in range(0, n, images_per_call):
+        hi = min(lo + images_per_call, n)
+        parts.append(
+            _invert_chunk(
+                program,
+                generator,
+                images[lo:hi],
+                _slice_tree(conditions, lo, hi),
+                config,
+                max_batch,
+                None if stop_below is None else stop_below[lo:hi],
+            )
+        )
+    r = config.restarts
     if not parts:
-        r = config.restarts
-        empty = np.zeros((0,), np.float32)
         return InversionResult(
-            empty,
+            np.zeros((0,), np.float32),
             np.zeros((0, *generator.input_shape), np.float32),
             np.zeros((0, *generator.output_shape), np.float32),
             np.zeros((0, r), np.float32),
             np.zeros((0, r), np.float32),
             np.zeros((0,), bool),
+            np.zeros((0, r), np.int32),
         )
-    loss, best_input, recon, restart_losses, restart_best = (np.concatenate(p) for p in zip(*parts, strict=True))
+    loss, best_input, recon, restart_losses, restart_best, steps_run = (
+        np.concatenate(p) for p in zip(*parts, strict=True)
+    )
     return InversionResult(
         loss=loss,
         best_input=best_input,
@@ -319,7 +359,113 @@ def invert(
         restart_losses=restart_losses,
         restart_best=restart_best,
         diverged=~np.isfinite(loss),
+        steps_run=steps_run,
     )
+
+
+def _invert_chunk(
+    program: _Program,
+    generator: Generator,
+    images: np.ndarray,
+    conditions: Any,
+    config: InversionConfig,
+    max_batch: int,
+    stop_below: np.ndarray | None,
+) -> tuple[np.ndarray, ...]:
+    """Invert up to ``max_batch // restarts`` images; returns per-image arrays."""
+    b, r = images.shape[0], config.restarts
+    loop = resolve_loop(config.loop)
+    b_pad = _bucket(b, max(1, max_batch // r))
+    keys = jnp.stack([image_key(config.seed, img) for img in images])
+    targets = _pad(jnp.asarray(images), b_pad - b)
+    cond = _slice_tree(conditions, 0, b, b_pad - b)
+    state = program.init(program.start(_pad(keys, b_pad - b)))
+    n_runs = b * r  # padded images' runs exist in the state but are never scheduled
+    run_img = jnp.repeat(jnp.arange(b_pad, dtype=jnp.int32), r)
+    active = np.ones(n_runs, bool)
+    steps_run = np.zeros(n_runs, np.int32)
+    history: dict[int, np.ndarray] = {}
+    halving_steps = sorted({_round_to(f * config.steps, config.check_every) for f in config.halving_at})
+
+    done = 0
+    segments = _segments(config.steps, config.unroll, config.check_every, loop)
+    for i, k in enumerate(segments):
+        idx_active = np.flatnonzero(active)
+        if idx_active.size == 0:
+            break
+        # All runs of a chunk fit one call (images_per_call * restarts <= max_batch), so the
+        # shared Adam step count advances exactly once per segment.
+        size = _bucket(idx_active.size, b_pad * r)
+        fill = size - idx_active.size
+        gather_idx = np.concatenate([idx_active, np.full(fill, idx_active[0])]).astype(np.int32)
+        scatter_idx = np.concatenate([idx_active, np.full(fill, b_pad * r)]).astype(np.int32)
+        sub, t, c = program.gather(state, targets, cond, run_img, jnp.asarray(gather_idx))
+        sub = program.advance(sub, generator.params, t, c, k, i == len(segments) - 1)
+        state = program.scatter(state, sub, jnp.asarray(scatter_idx))
+        steps_run[active] += k
+        done += k
+        if done % config.check_every == 0 and done < config.steps and (
+            stop_below is not None or config.early_stopping
+        ):
+            best = np.asarray(state.best_loss)[:n_runs].astype(np.float64)
+            active &= np.asarray(state.alive)[:n_runs]
+            active = _stop_decisions(active, best, done, config, history, halving_steps, stop_below, r)
+
+    best = np.asarray(state.best_loss)[:n_runs].reshape(b, r)
+    last = np.asarray(state.last_loss)[:n_runs].reshape(b, r)
+    best_z = np.asarray(state.best_z)[:n_runs].reshape((b, r, *generator.input_shape))
+    winner = np.argmin(best, axis=1)
+    best_input = best_z[np.arange(b), winner]
+    recon_in = _pad(jnp.asarray(best_input), b_pad - b)
+    recon = np.asarray(program.reconstruct(generator.params, recon_in, cond))[:b]
+    # A run stopped early was last measured at its stop: its last loss is its best.
+    last = np.where(steps_run.reshape(b, r) < config.steps, best, last)
+    return best.min(axis=1), best_input, recon, last, best, steps_run.reshape(b, r)
+
+
+def _round_to(x: float, multiple: int) -> int:
+    return max(multiple, round(x / multiple) * multiple)
+
+
+def _stop_decisions(
+    active: np.ndarray,
+    best: np.ndarray,
+    step: int,
+    config: InversionConfig,
+    history: dict[int, np.ndarray],
+    halving_steps: list[int],
+    stop_below: np.ndarray | None,
+    restarts: int,
+) -> np.ndarray:
+    """Which runs keep going after ``step`` steps; every rule looks at one image's runs only."""
+    active = active.copy()
+    per_img = best.reshape(-1, restarts)
+    if stop_below is not None:
+        decided = per_img.min(axis=1) < stop_below
+        active &= ~np.repeat(decided, restarts)
+    if config.plateau_window:
+        history[step] = best.copy()
+        past = history.get(step - config.plateau_window)
+        if past is not None:
+            with np.errstate(invalid="ignore"):
+                stalled = ~(best < past * (1.0 - config.plateau_rtol))
+            active &= ~stalled
+    if step in halving_steps:
+        act = active.reshape(-1, restarts)
+        masked = np.where(act, per_img, np.inf)
+        order = np.argsort(masked, axis=1, kind="stable")
+        keep_n = np.ceil(act.sum(axis=1) / 2).astype(int)
+        ranks = np.empty_like(order)
+        np.put_along_axis(ranks, order, np.arange(restarts)[None].repeat(len(order), 0), axis=1)
+        active &= (ranks < keep_n[:, None]).reshape(-1)
+    return active
+
+
+def _slice_tree(tree: Any, lo: int, hi: int, pad: int = 0) -> Any:
+    """Rows ``lo:hi`` of every leaf of a per-image pytree, padded like the images."""
+    if tree is None:
+        return None
+    return jax.tree_util.tree_map(lambda c: _pad(jnp.asarray(c)[lo:hi], pad), tree)
 
 
 def _pad(x: jax.Array, pad: int) -> jax.Array:
@@ -327,10 +473,3 @@ def _pad(x: jax.Array, pad: int) -> jax.Array:
     if pad == 0:
         return x
     return jnp.concatenate([x, jnp.repeat(x[:1], pad, axis=0)], axis=0)
-
-
-def _slice_tree(tree: Any, lo: int, hi: int, pad: int) -> Any:
-    """Rows ``lo:hi`` of every leaf of a per-image pytree, padded like the images."""
-    if tree is None:
-        return None
-    return jax.tree_util.tree_map(lambda c: _pad(jnp.asarray(c)[lo:hi], pad), tree)

@@ -72,6 +72,11 @@ class Profile:
     def critical_value(self) -> float:
         return grubbs.critical_value(self.n, self.alpha)
 
+    @property
+    def threshold(self) -> float:
+        """Calibrated loss below which an image is judged belonging: mu + G * sigma."""
+        return self.mu + self.critical_value * self.sigma
+
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "critical_value": self.critical_value}
 
@@ -144,17 +149,28 @@ def calibrated_losses(
     reference: Generator | None,
     images: np.ndarray,
     config: InversionConfig,
+    stop_threshold: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, Any, Any]:
     """SPEC Eq. 2: losses on M, on Mr, and their ratio (M's loss alone when uncalibrated).
 
     Returns (loss, ref_loss, calibrated, model_result, reference_result); the reference
     generator is adapted to the images' shape (:meth:`Generator.for_shape`).
+
+    ``stop_threshold``: a calibrated-loss decision threshold. The reference is inverted
+    first, then each image's inversion on M stops as soon as its calibrated loss is below
+    the threshold. Exact for the decision (M's best loss only falls with more steps); the
+    loss reported for such an image is an upper bound of the full run's.
     """
-    res = invert(model, images, config)
-    if reference is None:
+    ref_res = None
+    if reference is not None:
+        ref = reference.for_shape(tuple(images.shape[1:]))
+        ref_res = invert(ref, images, config)
+    stop_below = None
+    if stop_threshold is not None:
+        stop_below = stop_threshold * (1.0 if ref_res is None else ref_res.loss.astype(np.float64))
+    res = invert(model, images, config, stop_below=stop_below)
+    if ref_res is None:
         return res.loss, None, res.loss, res, None
-    ref = reference.for_shape(tuple(images.shape[1:]))
-    ref_res = invert(ref, images, config)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = res.loss / ref_res.loss
     ratio = np.where(np.isfinite(ratio), ratio, np.nan).astype(np.float64)

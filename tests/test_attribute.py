@@ -12,7 +12,7 @@ from ronan_jax.invert import invert
 from ronan_jax.models import dcgan
 from ronan_jax.profile import Profile, ProfileMismatchError, build_profile, quantize_8bit
 
-CFG = InversionConfig(steps=120, restarts=4, lr=0.1, loop="chunked", unroll=20, max_batch=512)
+CFG = InversionConfig(steps=120, restarts=4, lr=0.1, loop="chunked", unroll=20, max_batch=512, check_every=20)
 
 
 def _random_dcgan(seed: int, nz: int, ngf: int, name: str):
@@ -109,3 +109,18 @@ def test_uncalibrated_profile_uses_raw_losses(models):
     prof = build_profile(model, None, n=5, seed=1, config=cfg)
     assert not prof.calibrated and prof.ref_losses is None
     assert prof.calibrated_losses == prof.losses
+
+
+def test_decision_stop_gives_the_same_verdicts_with_fewer_steps(models, natural_crops, profile):
+    model, reference = models
+    own = quantize_8bit(np.asarray(model.generate(jax.random.key(9), 20)))
+    mixed = np.concatenate([own, natural_crops[:20]])
+    full = attribute(mixed, model, reference, profile)
+    fast = attribute(mixed, model, reference, profile, decision_stop=True)
+    np.testing.assert_array_equal(fast.verdict, full.verdict)
+    steps_full = full.model_result.steps_run.sum()
+    steps_fast = fast.model_result.steps_run.sum()
+    print(f"model steps: full {steps_full}, decision stop {steps_fast}")
+    assert steps_fast < steps_full
+    assert np.all(fast.model_result.steps_run[:20][fast.verdict[:20] == "belonging"] < CFG.steps)
+    assert np.all(fast.model_result.steps_run[20:] == CFG.steps)

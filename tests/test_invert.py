@@ -140,3 +140,43 @@ def test_rejects_images_of_the_wrong_shape(tiny_gen):
         invert(tiny_gen, np.zeros((2, 8, 8, 1), np.float32), CFG)
     with pytest.raises(ValueError, match=r"\[B, H, W, C\]"):
         invert(tiny_gen, np.zeros((16, 16, 1), np.float32), CFG)
+
+
+def test_stop_below_stops_decided_images_early_and_never_flips_a_decision(tiny_gen, mixed_images):
+    full = invert(tiny_gen, mixed_images, CFG.replace(steps=100))
+    threshold = np.full(len(mixed_images), 1e-3)
+    early = invert(tiny_gen, mixed_images, CFG.replace(steps=100), stop_below=threshold)
+    np.testing.assert_array_equal(early.loss < threshold, full.loss < threshold)
+    own, other = slice(0, 3), slice(3, 6)
+    assert np.all(early.steps_run[own] < 100)  # generated images fall below 1e-3 quickly
+    assert np.all(early.steps_run[other] == 100)
+    np.testing.assert_allclose(early.loss[other], full.loss[other], rtol=1e-5)
+    assert np.all(full.steps_run == 100)
+
+
+def test_successive_halving_keeps_the_better_half_of_restarts(tiny_gen, mixed_images):
+    cfg = CFG.replace(steps=100, check_every=10, halving_at=(0.5,))
+    res = invert(tiny_gen, mixed_images, cfg)
+    for row in res.steps_run:
+        assert sorted(row.tolist()) == [50, 50, 100, 100]
+    # The survivors were the two best at the halving point, so the winner ran all steps.
+    winners = res.steps_run[np.arange(6), res.restart_best.argmin(axis=1)]
+    assert np.all(winners == 100)
+    assert cfg.result_settings()["halving_at"] == [0.5]
+
+
+def test_plateau_stop_ends_stalled_restarts_and_is_recorded(tiny_gen, mixed_images):
+    cfg = CFG.replace(steps=200, check_every=20, plateau_window=40, plateau_rtol=0.5)
+    res = invert(tiny_gen, mixed_images, cfg)
+    assert res.steps_run.min() < 200
+    assert res.steps_run.sum() < 200 * res.steps_run.size
+    assert "plateau_window" in cfg.result_settings()
+    assert "plateau_window" not in CFG.result_settings()
+
+
+def test_early_stopping_result_of_an_image_does_not_depend_on_neighbours(tiny_gen, mixed_images):
+    cfg = CFG.replace(steps=60, check_every=20, halving_at=(0.34,), plateau_window=20, plateau_rtol=0.05)
+    batch = invert(tiny_gen, mixed_images, cfg)
+    single = invert(tiny_gen, mixed_images[4:5], cfg)
+    np.testing.assert_array_equal(single.steps_run[0], batch.steps_run[4])
+    np.testing.assert_allclose(single.loss[0], batch.loss[4], rtol=1e-5)
