@@ -49,8 +49,7 @@ def save_generator(
     path = Path(path).absolute()
     if path.exists() and any(path.iterdir()):
         raise CheckpointError(f"{path} exists and is not empty")
-    arch = get_architecture(architecture)
-    check_tree(arch.init(config, jax.random.key(0)), variables, source=str(path))
+    check_tree(template_shapes(architecture, config), variables, source=str(path))
     variables = _to_numpy(variables)
     path.mkdir(parents=True, exist_ok=True)
     with ocp.StandardCheckpointer() as ckptr:
@@ -80,16 +79,14 @@ def load_variables(path: str | Path) -> tuple[dict[str, Any], Any]:
     """Card and verified variables of a checkpoint directory."""
     path = Path(path).absolute()
     card = read_card(path)
-    arch = get_architecture(card["architecture"])
-    template = _to_numpy(arch.init(card["config"], jax.random.key(0)))
-    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
+    abstract = template_shapes(card["architecture"], card["config"])
     try:
         with ocp.StandardCheckpointer() as ckptr:
             variables = ckptr.restore(path / PARAMS_DIR, abstract)
     except Exception as exc:  # orbax raises many types for damaged trees
         raise CheckpointError(f"{path}: cannot restore parameters ({exc})") from exc
     variables = _to_numpy(variables)
-    check_tree(template, variables, source=str(path))
+    check_tree(abstract, variables, source=str(path))
     digest = param_hash(variables)
     if digest != card.get("param_hash"):
         raise CheckpointError(
@@ -107,10 +104,16 @@ def load_generator(path: str | Path, name: str | None = None) -> Generator:
     return arch.make(card["config"], variables, name=gen_name, checkpoint=str(path))
 
 
+def template_shapes(architecture: str, config: dict[str, Any]) -> Any:
+    """Shapes and dtypes of a fresh variable tree of the architecture (no computation)."""
+    arch = get_architecture(architecture)
+    return jax.eval_shape(lambda: arch.init(config, jax.random.key(0)))
+
+
 def check_tree(template: Any, tree: Any, source: str = "checkpoint") -> None:
     """Raise :class:`CheckpointError` listing every missing, unexpected or misshapen leaf."""
-    want = {jax.tree_util.keystr(p): np.shape(v) for p, v in jax.tree_util.tree_leaves_with_path(template)}
-    have = {jax.tree_util.keystr(p): np.shape(v) for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+    want = {jax.tree_util.keystr(p): tuple(v.shape) for p, v in jax.tree_util.tree_leaves_with_path(template)}
+    have = {jax.tree_util.keystr(p): tuple(np.shape(v)) for p, v in jax.tree_util.tree_leaves_with_path(tree)}
     missing = sorted(set(want) - set(have))
     unexpected = sorted(set(have) - set(want))
     wrong = sorted(k for k in set(want) & set(have) if want[k] != have[k])
