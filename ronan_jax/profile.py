@@ -22,7 +22,7 @@ import numpy as np
 from ronan_jax import grubbs
 from ronan_jax.config import InversionConfig
 from ronan_jax.generator import Generator
-from ronan_jax.invert import invert
+from ronan_jax.invert import default_max_batch, invert
 
 PROFILE_FORMAT = 1
 
@@ -103,11 +103,13 @@ class Profile:
 
     @property
     def id(self) -> str:
-        """Short identity: model hash, reference hash and settings."""
+        """Short identity of everything that decides verdicts: weights, settings, statistics."""
         import hashlib
 
         blob = json.dumps(
-            [self.model, self.reference, self.config, self.calibrated, self.n, self.seed], sort_keys=True
+            [self.model, self.reference, self.config, self.calibrated, self.n, self.seed,
+             self.mu, self.sigma, self.alpha],
+            sort_keys=True,
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -185,23 +187,43 @@ def build_profile(
     config: InversionConfig | None = None,
     alpha: float = 0.05,
     progress: Callable[[int, int], None] | None = None,
+    resume_path: str | Path | None = None,
 ) -> Profile:
     """Generate ``n`` images from random inputs of ``model``, quantise them to 8 bits, and
     measure their calibrated losses (SPEC section 3). ``reference=None`` builds an
-    uncalibrated profile. ``progress(done, total)`` is called after each chunk of images."""
+    uncalibrated profile. ``progress(done, total)`` is called after each chunk of images.
+
+    ``resume_path``: a JSON-lines file where each finished chunk's losses are appended; a
+    rerun with the same model, reference, settings and seed skips the chunks already there,
+    so a long profile build survives being stopped.
+    """
     if n < 3:
         raise ValueError(f"a profile needs n >= 3 images, got {n}")
     config = config or InversionConfig()
     images = quantize_8bit(np.asarray(model.generate(jax.random.key(seed), n)))
-    chunk = max(1, config.max_batch // config.restarts)
-    parts = []
+    chunk = max(1, (config.max_batch or default_max_batch()) // config.restarts)
+    ident = {
+        "model": model.identity,
+        "reference": None if reference is None else reference.identity,
+        "config": config.result_settings(),
+        "seed": seed,
+        "n": n,
+    }
+    done = _read_resume(resume_path, ident)
     for lo in range(0, n, chunk):
-        parts.append(calibrated_losses(model, reference, images[lo : lo + chunk], config)[:3])
+        hi = min(lo + chunk, n)
+        if not all(i in done for i in range(lo, hi)):
+            loss_c, ref_c, _, _, _ = calibrated_losses(model, reference, images[lo:hi], config)
+            for j, i in enumerate(range(lo, hi)):
+                done[i] = (float(loss_c[j]), None if ref_c is None else float(ref_c[j]))
+            _append_resume(resume_path, ident, {i: done[i] for i in range(lo, hi)})
         if progress is not None:
-            progress(min(lo + chunk, n), n)
-    loss = np.concatenate([p[0] for p in parts])
-    ref_loss = None if reference is None else np.concatenate([p[1] for p in parts])
-    cal = np.concatenate([p[2] for p in parts])
+            progress(hi, n)
+    loss = np.array([done[i][0] for i in range(n)])
+    ref_loss = None if reference is None else np.array([done[i][1] for i in range(n)])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cal = loss if ref_loss is None else loss / ref_loss
+    cal = np.where(np.isfinite(cal), cal, np.nan)
     ok = np.isfinite(cal)
     if ok.sum() < 3:
         raise ValueError(f"only {ok.sum()} of {n} profile images inverted to a finite loss")
@@ -226,3 +248,32 @@ def build_profile(
         versions=library_versions(),
         created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     )
+
+
+def _read_resume(path: str | Path | None, ident: dict[str, Any]) -> dict[int, tuple[float, float | None]]:
+    """Losses already measured by an interrupted build with the same identity."""
+    if path is None or not Path(path).is_file():
+        return {}
+    done: dict[int, tuple[float, float | None]] = {}
+    for line in Path(path).read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill
+        if rec.get("ident") == ident:
+            for k, v in rec["losses"].items():
+                done[int(k)] = (v[0], v[1])
+    return done
+
+
+def _append_resume(path: str | Path | None, ident: dict[str, Any], losses: dict[int, tuple[float, float | None]]) -> None:
+    if path is None:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torn = path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
+    with open(path, "a") as fh:
+        if torn:  # a line cut short by a kill: end it, so the new record stands alone
+            fh.write("\n")
+        fh.write(json.dumps({"ident": ident, "losses": {str(k): list(v) for k, v in losses.items()}}) + "\n")
+        fh.flush()

@@ -124,3 +124,22 @@ def test_decision_stop_gives_the_same_verdicts_with_fewer_steps(models, natural_
     assert steps_fast < steps_full
     assert np.all(fast.model_result.steps_run[:20][fast.verdict[:20] == "belonging"] < CFG.steps)
     assert np.all(fast.model_result.steps_run[20:] == CFG.steps)
+
+
+def test_interrupted_profile_build_resumes_from_its_progress_file(models, tmp_path):
+    model, reference = models
+    cfg = CFG.replace(steps=20, max_batch=8)  # 2 images per chunk
+    progress = tmp_path / "progress.jsonl"
+    calls = []
+    full = build_profile(model, reference, n=6, seed=5, config=cfg, resume_path=progress)
+    lines = progress.read_text().splitlines()
+    assert len(lines) == 3
+    # Drop the last chunk, as if the process had been killed before writing it.
+    progress.write_text("\n".join(lines[:2]) + "\n{\"truncat")
+    resumed = build_profile(
+        model, reference, n=6, seed=5, config=cfg, resume_path=progress,
+        progress=lambda d, t: calls.append(d),
+    )
+    assert resumed.calibrated_losses == pytest.approx(full.calibrated_losses, rel=1e-5)
+    assert calls == [2, 4, 6]
+    assert len(progress.read_text().splitlines()) == 4  # only the missing chunk was redone

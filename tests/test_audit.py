@@ -1,0 +1,232 @@
+"""The audit pipeline as a library: run_audit, resume, stop, errors as rows, export, labels."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from e2e_helpers import BATCH, TinyWorld, make_tar, png_bytes, tiny_world, write_png
+
+from ronan_jax import audit as audit_mod
+from ronan_jax.audit import (
+    AuditConfig,
+    AuditProgress,
+    count_pending,
+    export_rows,
+    read_labels,
+    resume_keys,
+    run_audit,
+    run_config,
+)
+from ronan_jax.checkpoint import load_generator
+from ronan_jax.profile import Profile, ProfileMismatchError
+from ronan_jax.store import ResultStore, make_config_key
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory: pytest.TempPathFactory) -> TinyWorld:
+    return tiny_world(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="module")
+def engine(world: TinyWorld):
+    """(model, reference, profile, config) of the tiny world."""
+    from ronan_jax.attribute import config_from_profile
+
+    profile = Profile.load(world.profile)
+    return (load_generator(world.model), load_generator(world.reference), profile,
+            config_from_profile(profile))
+
+
+@pytest.fixture(scope="module")
+def folder(world: TinyWorld, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("audit-lib")
+    for i in range(8):
+        write_png(root / f"b-{i}.png", world.belonging[i])
+        write_png(root / f"n-{i}.png", world.non_belonging[i])
+    return root
+
+
+def audit(engine, folder, db, **kwargs):
+    model, reference, profile, config = engine
+    with ResultStore(db) as store:
+        return run_audit([str(folder)], model, reference, profile, config, store,
+                         batch_size=BATCH, **kwargs)
+
+
+def test_progress_stop_and_resume(engine, folder, tmp_path):
+    db = tmp_path / "r.sqlite"
+    stop = threading.Event()
+    reports: list[AuditProgress] = []
+
+    def progress(p: AuditProgress) -> None:
+        reports.append(p)
+        if p.done:
+            stop.set()  # as Ctrl-C would, during the first batch
+
+    first = audit(engine, folder, db, progress=progress, stop=stop)
+    assert first.stopped and first.processed == BATCH and first.batches == 1
+    assert reports[0].done == 0 and reports[0].total == 16
+    assert reports[-1].done == BATCH and reports[-1].images_per_s > 0
+    with ResultStore(db) as store:
+        assert sum(store.count_by_verdict().values()) == BATCH
+
+    rest = audit(engine, folder, db)
+    assert not rest.stopped and rest.skipped == BATCH and rest.processed == 16 - BATCH
+    assert sum(rest.totals.values()) == 16 and rest.config_key == first.config_key
+    assert rest.belonging >= 0 and rest.judged == rest.processed
+    assert rest.to_dict()["judged"] == rest.judged
+
+
+def test_profile_mismatch_raises_before_anything_is_stored(engine, folder, tmp_path, world):
+    model, reference, profile, config = engine
+    db = tmp_path / "m.sqlite"
+    with ResultStore(db) as store:
+        with pytest.raises(ProfileMismatchError, match="steps"):
+            run_audit([str(folder)], model, reference, profile, config.replace(steps=3), store)
+        with pytest.raises(ProfileMismatchError, match="model weights differ"):
+            run_audit([str(folder)], load_generator(world.other), reference, profile, config, store)
+        assert store.runs() == []
+
+
+def test_diverged_images_are_error_rows_and_not_retried(engine, folder, tmp_path, monkeypatch):
+    real_attribute = audit_mod.attribute
+
+    def diverging(images, model, reference, profile, config):
+        att = real_attribute(images, model, reference, profile, config)
+        verdict = att.verdict.copy()
+        verdict[0] = "error"
+        diverged = att.model_result.diverged.copy()
+        diverged[0] = True
+        return att._replace(verdict=verdict, model_result=att.model_result._replace(diverged=diverged))
+
+    monkeypatch.setattr(audit_mod, "attribute", diverging)
+    db = tmp_path / "d.sqlite"
+    summary = audit(engine, folder, db, evidence_dir=tmp_path / "ev")
+    assert summary.errors == 2 and summary.error_kinds == {"diverged": 2}
+    with ResultStore(db) as store:
+        errors = list(store.iter_results(verdict="error"))
+        assert all("diverged" in r["error"] and r["evidence_path"] is None for r in errors)
+        assert len(resume_keys(store, summary.config_key)) == 16  # diverged: not retried
+
+
+def test_a_failing_batch_becomes_internal_error_rows_and_the_run_goes_on(engine, folder, tmp_path, monkeypatch):
+    real_attribute = audit_mod.attribute
+    calls = []
+
+    def flaky(images, *args):
+        calls.append(len(images))
+        if len(calls) == 1:
+            raise RuntimeError("device fell over")
+        return real_attribute(images, *args)
+
+    monkeypatch.setattr(audit_mod, "attribute", flaky)
+    db = tmp_path / "f.sqlite"
+    summary = audit(engine, folder, db)
+    assert summary.processed == 16 and summary.error_kinds == {"internal": BATCH}
+    with ResultStore(db) as store:
+        errors = list(store.iter_results(verdict="error"))
+        assert all("device fell over" in r["error"] for r in errors)
+        assert len(resume_keys(store, summary.config_key)) == 16 - BATCH  # internal: retried
+
+
+def test_run_config_key_covers_what_changes_results(engine):
+    model, reference, profile, config = engine
+    base = run_config(model, reference, profile, config, resize=False, batch_size=8, info={"a": 1})
+    same = run_config(model, reference, profile, config, resize=False, batch_size=64, workers=3)
+    assert make_config_key(base) == make_config_key(same)
+    for other in (
+        run_config(model, reference, profile, config, resize=True),
+        run_config(model, reference, profile, config.replace(seed=1), resize=False),
+        run_config(model, None, profile, config, resize=False),
+    ):
+        assert make_config_key(other) != make_config_key(base)
+    json.dumps(base)  # storable
+
+
+def test_count_pending(folder, tmp_path):
+    files = sorted(str(p) for p in folder.glob("*.png"))
+    assert count_pending([str(folder)], set()) == 16
+    assert count_pending([str(folder), str(folder)], set()) == 16  # listed twice: once
+    assert count_pending([str(folder), str(tmp_path / "missing.png")], set()) == 17
+    assert count_pending([str(folder)], {(files[0], ""), (files[1], "")}) == 14
+    tar = make_tar(tmp_path / "x.tar", {"a.png": b"1"})
+    assert count_pending([str(folder), str(tar)], set()) is None
+
+
+def test_read_labels(tmp_path):
+    (tmp_path / "sub").mkdir()
+    f = tmp_path / "sub" / "labels.csv"
+    f.write_text(
+        "path,label\n# comment\n\n"
+        "a.png,1\n"
+        "/abs/b, with comma.png,non-belonging\n"
+        "c.png\tbelonging\n"
+        "shard.tar::x/d.png,0\n"
+        '"e.png",true\n'
+    )
+    labels = read_labels(f)
+    assert labels == {
+        str(tmp_path / "sub" / "a.png"): True,
+        "/abs/b, with comma.png": False,
+        str(tmp_path / "sub" / "c.png"): True,
+        str(tmp_path / "sub" / "shard.tar") + "::x/d.png": False,
+        str(tmp_path / "sub" / "e.png"): True,
+    }
+    f.write_text("a.png,1\nb.png,perhaps\n")
+    with pytest.raises(ValueError, match=r"labels.csv:2: unknown label 'perhaps'"):
+        read_labels(f)
+    with pytest.raises(ValueError, match="cannot read"):
+        read_labels(tmp_path / "nope.csv")
+
+
+def test_export_rows_writes_nulls_for_missing_values():
+    rows = [
+        {"path": "/x/a.png", "member": "", "verdict": "belonging", "loss": 0.5, "z": -1.0},
+        {"path": "/x/b.png", "member": "", "verdict": "error", "z": float("nan"),
+         "error_kind": "empty", "error": "zero bytes"},
+    ]
+    out = io.StringIO()
+    assert export_rows(rows, "jsonl", out) == 2
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert records[1]["z"] is None and records[1]["error"] == "zero bytes"
+    assert list(records[0])[:4] == ["path", "member", "sha256", "verdict"]
+    out = io.StringIO()
+    export_rows(rows, "csv", out)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("path,member,sha256,verdict,loss,ref_loss,calibrated_loss,z")
+    assert lines[2].split(",")[7] == ""  # NaN z -> empty
+    with pytest.raises(ValueError):
+        export_rows(rows, "xml", io.StringIO())
+
+
+def test_audit_config():
+    cfg = AuditConfig(model="builtin:dcgan-mnist", db="/data/run.sqlite", keep_evidence=True)
+    assert cfg.resolved_evidence_dir() == Path("/data/run-evidence")
+    assert AuditConfig(model="m").resolved_evidence_dir() is None
+    with pytest.raises(ValueError):
+        AuditConfig(model="m", batch_size=0)
+
+
+def test_save_png_images_round_trip(tmp_path):
+    from ronan_jax.io import decode_image
+
+    imgs = np.random.default_rng(0).random((2, 16, 16, 1)).astype(np.float32)
+    paths = audit_mod.save_png_images(imgs, tmp_path, "x")
+    assert [p.name for p in paths] == ["x-000.png", "x-001.png"]
+    decoded = decode_image(paths[0].read_bytes(), (16, 16), 1, False).array
+    np.testing.assert_allclose(decoded, np.rint(imgs[0] * 255) / 255, atol=1e-6)
+    assert paths[0].read_bytes() == png_bytes(imgs[0])
+
+
+def test_default_batch_size_per_device():
+    from ronan_jax.audit import default_batch_size
+    from ronan_jax.config import InversionConfig
+
+    assert default_batch_size(InversionConfig(), "cpu") == 16
+    assert default_batch_size(InversionConfig(max_batch=256, restarts=8), "gpu") == 32
+    assert default_batch_size(InversionConfig(max_batch=4, restarts=8), "gpu") == 1
