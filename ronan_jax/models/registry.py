@@ -14,7 +14,8 @@ from typing import Any
 import jax
 
 from ronan_jax.generator import Generator
-from ronan_jax.models import dcgan
+from ronan_jax.models import conv_decoder, dcgan, sd_vae, vae
+from ronan_jax.models import diffusion as _diffusion
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +37,46 @@ ARCHITECTURES: dict[str, Architecture] = {
         init=lambda cfg, key: dcgan.init_variables(_dcgan_config(cfg), key),
         make=lambda cfg, variables, name="dcgan", **info: dcgan.make_generator(
             _dcgan_config(cfg), variables, name=name, **info
+        ),
+    ),
+    # Convolutional VAE decoder, flat latent (the zoo's vae-mnist).
+    "vae": Architecture(
+        "vae",
+        init=lambda cfg, key: vae.init_variables(vae.VAEConfig(**cfg), key),
+        make=lambda cfg, variables, name="vae", **info: vae.make_generator(
+            vae.VAEConfig(**cfg), variables, name=name, **info
+        ),
+    ),
+    # Fully convolutional VAE decoder, spatial latent (H/4, W/4, C), any size that is a
+    # multiple of 4 via Generator.for_shape. The zoo's ref-photo, the default reference.
+    "conv-decoder": Architecture(
+        "conv-decoder",
+        init=lambda cfg, key: conv_decoder.init_variables(
+            conv_decoder.ConvDecoderConfig(**cfg), key
+        ),
+        make=lambda cfg, variables, name="conv-decoder", **info: conv_decoder.make_generator(
+            conv_decoder.ConvDecoderConfig(**cfg), variables, name=name, **info
+        ),
+    ),
+    # diffusers UNet2DModel + deterministic DDIM (eta = 0); input: x_T (H, W, C).
+    "unet-ddim": Architecture(
+        "unet-ddim",
+        init=_diffusion.init_ddim_variables,
+        make=_diffusion.make_ddim_generator,
+    ),
+    # diffusers UNet2DModel + CMStochasticIterativeScheduler; input: unit noise z (H, W, C).
+    "consistency": Architecture(
+        "consistency",
+        init=_diffusion.init_consistency_variables,
+        make=_diffusion.make_consistency_generator,
+    ),
+    # diffusers AutoencoderKL decoder (latent diffusion); input: the scaled latent
+    # (H/f, W/f, latent_channels), any size that is a multiple of f via Generator.for_shape.
+    "sd-vae": Architecture(
+        "sd-vae",
+        init=lambda cfg, key: sd_vae.init_variables(sd_vae.SDVAEConfig(**cfg), key),
+        make=lambda cfg, variables, name="sd-vae", **info: sd_vae.make_generator(
+            sd_vae.SDVAEConfig(**cfg), variables, name=name, **info
         ),
     ),
 }

@@ -1,0 +1,177 @@
+"""Entry points: recognise a checkpoint's format and convert it to a ronan-jax checkpoint.
+
+::
+
+    from converters.api import convert, detect_format
+
+    detect_format("netG_epoch_24.pth")             # "dcgan"
+    card = convert("netG_epoch_24.pth", "models/dcgan-cifar", resize_to=32)
+    card["summary"]                                 # what was found: depth, nz, ngf, ...
+
+Formats are dispatched through one table, :data:`CONVERTERS` (format -> module, function).
+A format module's function takes ``(src, **options)`` and returns a
+:class:`converters.base.Converted`; it reads and verifies, and only :func:`convert` writes
+(with ``ronan_jax.checkpoint.save_generator``), so every card records the same provenance:
+architecture config, source file SHA-256, converter version, options and the summary.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from converters.base import CONVERTER_VERSION, Converted
+from converters.errors import (
+    ConversionError,
+    FormatNotAvailableError,
+    UnknownFormatError,
+    preview,
+)
+from converters.readers import sniff
+from ronan_jax.checkpoint import save_generator
+
+# format -> (module, function); the function is (src, **options) -> Converted.
+CONVERTERS: dict[str, tuple[str, str]] = {
+    "dcgan": ("converters.dcgan", "convert_dcgan"),
+    "sd-vae": ("converters.sd_vae", "convert_sd_vae"),
+    "diffusers-unet": ("converters.diffusers_unet", "convert_unet"),
+    "consistency": ("converters.consistency", "convert_consistency"),
+}
+
+# diffusers ``config.json`` ``_class_name`` of a model folder -> format.
+MODEL_CLASSES = {"AutoencoderKL": "sd-vae", "UNet2DModel": "diffusers-unet"}
+# diffusers ``model_index.json`` ``_class_name`` of a pipeline folder -> format. Latent
+# diffusion pipelines are audited through their VAE decoder (SPEC: invert the decoder only).
+PIPELINE_CLASSES = {
+    "ConsistencyModelPipeline": "consistency",
+    "DDPMPipeline": "diffusers-unet",
+    "DDIMPipeline": "diffusers-unet",
+    "StableDiffusionPipeline": "sd-vae",
+    "StableDiffusionXLPipeline": "sd-vae",
+    "LDMTextToImagePipeline": "sd-vae",
+}
+
+
+def detect_format(path: str | Path) -> str:
+    """The :data:`CONVERTERS` format of a checkpoint file or diffusers folder.
+
+    A single state-dict file (``.pth``/``.pt``/``.bin``/``.ckpt``/``.safetensors``, recognised by
+    its bytes) is ``"dcgan"``, the one single-file family; a folder is recognised by its
+    ``config.json`` (``_class_name`` AutoencoderKL: ``"sd-vae"``, UNet2DModel:
+    ``"diffusers-unet"``) or pipeline ``model_index.json`` (:data:`PIPELINE_CLASSES`).
+    """
+    path = Path(path)
+    if path.is_dir():
+        config, index = path / "config.json", path / "model_index.json"
+        if config.is_file():
+            cls = _json(config).get("_class_name")
+            if cls in MODEL_CLASSES:
+                return MODEL_CLASSES[cls]
+            raise UnknownFormatError(
+                f"{path}: diffusers model class {cls!r} is not supported "
+                f"(supported: {', '.join(sorted(MODEL_CLASSES))})"
+            )
+        if index.is_file():
+            cls = _json(index).get("_class_name")
+            if cls in PIPELINE_CLASSES:
+                return PIPELINE_CLASSES[cls]
+            raise UnknownFormatError(
+                f"{path}: diffusers pipeline {cls!r} is not supported "
+                f"(supported: {', '.join(sorted(PIPELINE_CLASSES))})"
+            )
+        raise UnknownFormatError(f"{path}: a folder without config.json or model_index.json")
+    if path.is_file():
+        sniff(path)  # raises CorruptCheckpointError for anything but torch/safetensors bytes
+        return "dcgan"
+    raise ConversionError(f"{path}: no such file or folder")
+
+
+def converter_for(fmt: str) -> Callable[..., Converted]:
+    """The conversion function of ``fmt`` (imported on first use)."""
+    if fmt not in CONVERTERS:
+        raise UnknownFormatError(f"unknown format {fmt!r}; known: {', '.join(sorted(CONVERTERS))}")
+    module_name, func_name = CONVERTERS[fmt]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        raise FormatNotAvailableError(
+            f"format {fmt!r} is recognised but its converter ({module_name}) is not available yet"
+        ) from exc
+    func = getattr(module, func_name, None)
+    if func is None:
+        raise FormatNotAvailableError(
+            f"format {fmt!r}: {module_name} has no {func_name}() yet"
+        )
+    return func
+
+
+def convert(
+    src: str | Path, out_dir: str | Path, fmt: str | None = None, *, name: str | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Convert ``src`` and write a ronan-jax checkpoint to ``out_dir`` (new or empty).
+
+    ``options`` go to the format's converter (e.g. DCGAN: ``key``, ``nz``, ``num_classes``,
+    ``image_size``, ``resize_to``, ``resize_method``; SD VAE: ``image_size``,
+    ``include_encoder``). Returns the model card as written: ``architecture``, ``config``,
+    ``param_hash``, ``format``, ``source`` (path, SHA-256 of each file read), ``converter``
+    (version, options) and ``summary`` (what the converter found).
+    """
+    src, out_dir = Path(src), Path(out_dir)
+    fmt = fmt or detect_format(src)
+    func = converter_for(fmt)
+    _check_options(func, fmt, options)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ConversionError(f"{out_dir}: output folder exists and is not empty")
+    result = func(src, **options)
+    files = dict(result.sources)
+    card = {
+        "name": name or out_dir.name,
+        "format": fmt,
+        "source": {
+            "path": str(src.absolute()),
+            "sha256": next(iter(files.values()), None),
+            "files": files,
+        },
+        "converter": {
+            "package": "converters",
+            "version": CONVERTER_VERSION,
+            "function": f"{CONVERTERS[fmt][0]}.{CONVERTERS[fmt][1]}",
+            "options": _jsonable(options),
+        },
+        "summary": _jsonable(result.summary),
+    }
+    return save_generator(out_dir, result.architecture, result.config, result.variables, card)
+
+
+def _check_options(func: Callable[..., Any], fmt: str, options: dict[str, Any]) -> None:
+    params = inspect.signature(func).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    known = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConversionError(
+            f"unknown option(s) {preview(unknown)} for format {fmt!r}; known: {', '.join(known) or 'none'}"
+        )
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConversionError(f"{path}: unreadable JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ConversionError(f"{path}: expected a JSON object")
+    return data
+
+
+def _jsonable(value: Any) -> Any:
+    """Options and summaries as plain JSON values (tuples -> lists, paths -> strings)."""
+    return json.loads(json.dumps(value, default=str))

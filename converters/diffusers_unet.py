@@ -1,0 +1,323 @@
+"""diffusers ``UNet2DModel`` folders -> ``ronan_jax.models.unet2d`` variables, and the
+``"unet-ddim"`` generator (UNet + deterministic DDIM sampler).
+
+Accepted sources (what ``save_pretrained`` writes):
+
+* a UNet folder: ``config.json`` (``_class_name`` ``UNet2DModel``) and
+  ``diffusion_pytorch_model.safetensors`` (or ``.bin``);
+* a pipeline folder (``model_index.json``) with ``unet/`` and ``scheduler/`` sub-folders, e.g.
+  ``DDPMPipeline``/``DDIMPipeline.save_pretrained``; its scheduler config is used unless one is
+  given.
+
+The scheduler config (``scheduler=``: a folder holding ``scheduler_config.json``, a JSON file,
+or a dict; default: the pipeline's, else ``DDIMScheduler``'s defaults) is read as
+``DDIMScheduler.from_config`` reads it, so DDPM/PNDM configs of the same model work; keys that
+eta = 0 DDIM does not use are recorded in the summary.
+
+Weights are mapped by an explicit key-map table (:func:`unet_key_map`): one row per tensor,
+built from per-layer tables (:data:`RESNET`, :data:`ATTENTION`, ...) placed by the same
+channel plan the Flax module uses (``unet2d.down_block_specs``/``up_block_specs``). Every
+missing and every unused key is listed in one :class:`KeyMismatchError`; shapes are then
+checked against a freshly initialised Flax tree. Old checkpoints' attention names
+(``query``/``key``/``value``/``proj_attn``, which diffusers renames on load) are accepted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from converters import layout
+from converters.base import Converted, fill_template, flax_key, sha256_file
+from converters.errors import ArchitectureError, ConversionError, preview
+from converters.readers import TensorTable, load_state_dict
+from ronan_jax.models import diffusion, unet2d
+from ronan_jax.models.unet2d import UNet2DConfig
+
+__all__ = [
+    "ATTENTION",
+    "RESNET",
+    "KeyRule",
+    "convert_unet",
+    "convert_unet_state_dict",
+    "pipeline_parts",
+    "read_scheduler_config",
+    "read_unet_folder",
+    "unet_key_map",
+]
+
+Rule = Callable[[np.ndarray], np.ndarray]
+
+
+def _same(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x)
+
+
+# Per-layer tables: (torch parameter name, Flax leaf name, layout rule).
+CONV: tuple[tuple[str, str, Rule], ...] = (("weight", "kernel", layout.conv2d), ("bias", "bias", _same))
+LINEAR: tuple[tuple[str, str, Rule], ...] = (("weight", "kernel", layout.linear), ("bias", "bias", _same))
+NORM: tuple[tuple[str, str, Rule], ...] = (("weight", "scale", _same), ("bias", "bias", _same))
+EMBED: tuple[tuple[str, str, Rule], ...] = (("weight", "embedding", _same),)
+FOURIER: tuple[tuple[str, str, Rule], ...] = (("weight", "weight", _same),)
+
+# Sub-modules of one ResnetBlock2D (conv_shortcut only when its channels change).
+RESNET = (("norm1", NORM), ("conv1", CONV), ("time_emb_proj", LINEAR), ("norm2", NORM), ("conv2", CONV))
+# Sub-modules of one attention block: (name, table, legacy name before diffusers 0.15).
+ATTENTION = (
+    ("to_q", LINEAR, "query"),
+    ("to_k", LINEAR, "key"),
+    ("to_v", LINEAR, "value"),
+    ("to_out.0", LINEAR, "proj_attn"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyRule:
+    """One row of the key map: a diffusers state-dict key, where it goes in the Flax
+    variables, how its layout changes, and older names of the same tensor."""
+
+    torch_key: str
+    flax_path: tuple[str, ...]
+    rule: Rule
+    aliases: tuple[str, ...] = ()
+
+
+def flax_module_path(torch_module: str) -> tuple[str, ...]:
+    """``down_blocks.0.resnets.1`` -> ``("down_blocks_0", "resnets_1")``: list indices join
+    their list's name, as ``unet2d`` names its sub-modules."""
+    parts: list[str] = []
+    for p in torch_module.split("."):
+        if p.isdigit():
+            parts[-1] = f"{parts[-1]}_{p}"
+        else:
+            parts.append(p)
+    return tuple(parts)
+
+
+def _layer(rows: list[KeyRule], module: str, table: Any, legacy: str | None = None) -> None:
+    """Rows of one layer; ``legacy`` is the module's older name (same parameter names)."""
+    path = ("params", *flax_module_path(module))
+    for torch_name, flax_name, rule in table:
+        aliases = () if legacy is None else (f"{legacy}.{torch_name}",)
+        rows.append(KeyRule(f"{module}.{torch_name}", (*path, flax_name), rule, aliases))
+
+
+def _attention_rows(rows: list[KeyRule], prefix: str, group_norm: bool) -> None:
+    if group_norm:
+        _layer(rows, f"{prefix}.group_norm", NORM)
+    for name, table, legacy in ATTENTION:
+        _layer(rows, f"{prefix}.{name}", table, legacy=f"{prefix}.{legacy}")
+
+
+def _resnet_rows(rows: list[KeyRule], prefix: str, channels: tuple[int, int]) -> None:
+    for name, table in RESNET:
+        _layer(rows, f"{prefix}.{name}", table)
+    if channels[0] != channels[1]:
+        _layer(rows, f"{prefix}.conv_shortcut", CONV)
+
+
+def _block_rows(rows: list[KeyRule], prefix: str, spec: unet2d.BlockSpec, kind: str) -> None:
+    for j, channels in enumerate(spec.resnets):
+        _resnet_rows(rows, f"{prefix}.resnets.{j}", channels)
+        if spec.attention:
+            _attention_rows(rows, f"{prefix}.attentions.{j}", group_norm=True)
+    sampler = f"{prefix}.{kind}samplers.0"
+    if spec.sampler == "conv":
+        _layer(rows, f"{sampler}.conv", CONV)
+    elif spec.sampler == "resnet":
+        _resnet_rows(rows, sampler, (spec.out_channels, spec.out_channels))
+
+
+def unet_key_map(config: UNet2DConfig) -> list[KeyRule]:
+    """Every tensor of a ``UNet2DModel`` with this config, one row each."""
+    rows: list[KeyRule] = []
+    _layer(rows, "conv_in", CONV)
+    if config.time_embedding_type == "fourier":
+        _layer(rows, "time_proj", FOURIER)
+    _layer(rows, "time_embedding.linear_1", LINEAR)
+    _layer(rows, "time_embedding.linear_2", LINEAR)
+    if config.num_class_embeds is not None:
+        _layer(rows, "class_embedding", EMBED)
+    for i, spec in enumerate(unet2d.down_block_specs(config)):
+        _block_rows(rows, f"down_blocks.{i}", spec, "down")
+    for i, spec in enumerate(unet2d.up_block_specs(config)):
+        _block_rows(rows, f"up_blocks.{i}", spec, "up")
+    if config.mid_block_type is not None:
+        ch = config.block_out_channels[-1]
+        _resnet_rows(rows, "mid_block.resnets.0", (ch, ch))
+        if config.add_attention:
+            _attention_rows(
+                rows, "mid_block.attentions.0", group_norm=config.mid_attention_groups is not None
+            )
+        _resnet_rows(rows, "mid_block.resnets.1", (ch, ch))
+    _layer(rows, "conv_norm_out", NORM)
+    _layer(rows, "conv_out", CONV)
+    return rows
+
+
+def convert_unet_state_dict(
+    state: Mapping[str, np.ndarray], config: UNet2DConfig, source: str = "state dict"
+) -> dict[str, Any]:
+    """Flax variables of ``unet2d.UNet2D(config)`` from a diffusers state dict (NumPy).
+
+    Raises ``KeyMismatchError`` listing missing/unused keys, ``ArchitectureError`` for
+    shapes that do not fit or non-finite tensors."""
+    table = TensorTable(state, source)
+    values: dict[str, np.ndarray] = {}
+    for row in unet_key_map(config):
+        tensor = table.take(row.torch_key, *row.aliases)
+        if tensor is None:
+            continue
+        if np.issubdtype(tensor.dtype, np.floating) and not np.all(np.isfinite(tensor)):
+            raise ArchitectureError(f"{source}: tensor {row.torch_key} has NaN or inf values")
+        values[flax_key(*row.flax_path)] = row.rule(tensor)
+    table.finish()
+    shapes = jax.eval_shape(lambda: unet2d.init_variables(config, jax.random.key(0)))
+    template = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+    return fill_template(template, values, source)
+
+
+# ----------------------------------------------------------------------------- folders
+
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConversionError(f"{path}: cannot read JSON ({exc})") from exc
+
+
+def pipeline_parts(src: Path) -> tuple[Path, Path | None]:
+    """(UNet folder, pipeline scheduler config or None) of a UNet or pipeline folder."""
+    if not src.is_dir():
+        raise ConversionError(f"{src}: not a folder (expected a diffusers save_pretrained folder)")
+    if (src / "model_index.json").is_file():
+        unet_dir = src / "unet"
+        if not unet_dir.is_dir():
+            raise ArchitectureError(f"{src}: pipeline folder without a unet/ sub-folder")
+        sched = src / "scheduler" / "scheduler_config.json"
+        return unet_dir, sched if sched.is_file() else None
+    return src, None
+
+
+def read_unet_folder(
+    src: str | Path,
+) -> tuple[UNet2DConfig, dict[str, Any], dict[str, np.ndarray], dict[str, Any]]:
+    """Config, raw ``config.json``, state dict and facts (files, dtypes) of a UNet folder."""
+    unet_dir = Path(src)
+    cfg_path = unet_dir / "config.json"
+    if not cfg_path.is_file():
+        raise ConversionError(f"{unet_dir}: no config.json (not a diffusers model folder)")
+    raw = _read_json(cfg_path)
+    cls = raw.get("_class_name")
+    if cls != "UNet2DModel":
+        raise ArchitectureError(f"{cfg_path}: _class_name {cls!r}, expected 'UNet2DModel'")
+    try:
+        config = UNet2DConfig.from_dict(raw)
+    except (TypeError, ValueError) as exc:
+        raise ArchitectureError(f"{cfg_path}: {exc}") from exc
+    weights = next((unet_dir / f for f in WEIGHT_FILES if (unet_dir / f).is_file()), None)
+    if weights is None:
+        have = sorted(p.name for p in unet_dir.iterdir())
+        raise ConversionError(
+            f"{unet_dir}: no {' or '.join(WEIGHT_FILES)} (found {preview(have)}); sharded "
+            "and variant checkpoints are not read"
+        )
+    state = load_state_dict(weights)
+    dtypes = sorted({str(v.dtype) for v in state.values()})
+    facts = {
+        "class_name": cls,
+        "diffusers_version": raw.get("_diffusers_version"),
+        "weights_file": weights.name,
+        "weights_dtypes": dtypes,
+        "files": [weights, cfg_path],  # weights first: the source's SHA-256 in the card
+    }
+    return config, raw, state, facts
+
+
+def read_scheduler_config(
+    scheduler: str | Path | Mapping[str, Any] | None, fallback: Path | None
+) -> tuple[dict[str, Any], str, list[Path]]:
+    """The scheduler config dict, where it came from, and the files read."""
+    if isinstance(scheduler, Mapping):
+        return dict(scheduler), "given", []
+    if scheduler is not None:
+        path = Path(scheduler)
+        if path.is_dir():
+            path = path / "scheduler_config.json"
+        if not path.is_file():
+            raise ConversionError(f"{scheduler}: no scheduler config there")
+        return _read_json(path), str(path), [path]
+    if fallback is not None:
+        return _read_json(fallback), str(fallback), [fallback]
+    return {}, "defaults", []
+
+
+DDIM_COMPATIBLE = (None, "DDIMScheduler", "DDPMScheduler", "PNDMScheduler")
+
+
+def convert_unet(
+    src: str | Path,
+    *,
+    scheduler: str | Path | Mapping[str, Any] | None = None,
+    num_inference_steps: int = 50,
+    class_label: int | None = None,
+) -> Converted:
+    """A ``"unet-ddim"`` generator from a diffusers UNet2DModel (or pipeline) folder.
+
+    Args:
+        src: UNet folder or pipeline folder (see the module docstring).
+        scheduler: scheduler config (folder, JSON file or dict); default: the pipeline's,
+            else ``DDIMScheduler()``'s defaults.
+        num_inference_steps: DDIM steps ``K`` (DDIMPipeline's default 50; inversion costs
+            ``K`` UNet evaluations per Adam step, so small ``K`` is much faster).
+        class_label: fixed class of a class-conditional UNet (``num_class_embeds``).
+    """
+    src = Path(src)
+    unet_dir, pipe_sched = pipeline_parts(src)
+    unet_cfg, _, state, facts = read_unet_folder(unet_dir)
+    sched_raw, sched_from, sched_files = read_scheduler_config(scheduler, pipe_sched)
+    sched_cls = sched_raw.get("_class_name")
+    if sched_cls not in DDIM_COMPATIBLE:
+        raise ArchitectureError(
+            f"{sched_from}: scheduler {sched_cls!r} is not a DDIM-compatible config "
+            f"(accepted: {', '.join(c for c in DDIM_COMPATIBLE if c)}); consistency models "
+            "convert with converters.consistency"
+        )
+    try:
+        sched_cfg, ignored = diffusion.DDIMSchedulerConfig.from_dict(sched_raw)
+        cfg = diffusion.DDIMConfig(
+            unet=unet_cfg,
+            scheduler=sched_cfg,
+            num_inference_steps=int(num_inference_steps),
+            class_label=None if class_label is None else int(class_label),
+        )
+        diffusion.ddim_schedule(sched_cfg, cfg.num_inference_steps)
+        diffusion.fixed_condition(unet_cfg, cfg.class_label)
+    except ValueError as exc:
+        raise ConversionError(f"{src}: {exc}") from exc
+    variables = convert_unet_state_dict(state, unet_cfg, str(unet_dir / facts["weights_file"]))
+    files = [*facts.pop("files"), *sched_files]
+    summary = {
+        **facts,
+        "scheduler_class": sched_cls,
+        "scheduler_source": sched_from,
+        "ignored_scheduler_keys": ignored,
+        "num_inference_steps": cfg.num_inference_steps,
+        "image_shape": [*unet_cfg.image_hw, unet_cfg.out_channels] if unet_cfg.sample_size else None,
+    }
+    return Converted(
+        architecture="unet-ddim",
+        config=cfg.to_dict(),
+        variables=variables,
+        summary=summary,
+        sources={str(p): sha256_file(p) for p in files},
+    )
