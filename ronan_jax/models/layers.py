@@ -16,17 +16,13 @@ def conv_transpose(
     adds ``x[i] * kernel[a]`` to output pixel ``stride * i + a - padding``. That is PyTorch's
     ``weight[Cin, Cout, kh, kw]`` transposed to ``(2, 3, 0, 1)``, no flip.
 
-    ``impl`` picks an equivalent formulation: ``"lax"`` (input-dilated convolution),
-    ``"gemm"`` (one matrix multiply producing every kernel tap, then an overlap-add of the
-    taps by output phase: PyTorch's col2im formulation, no multiplications by zeros) or
+    ``impl`` picks an equivalent formulation: ``"lax"`` (input-dilated convolution) or
     ``"subpixel"`` (stride-2, kernel-4, padding-1 only: one dense 3x3 convolution producing
     the four output phases, then depth-to-space; avoids multiplying by the dilation zeros).
     """
     k = kernel.shape[0]
     if impl == "subpixel" and stride == 2 and k == 4 and padding == 1:
         return _conv_transpose_subpixel(x, kernel)
-    if impl == "gemm" and k % stride == 0:
-        return _conv_transpose_gemm(x, kernel, stride, padding)
     flipped = kernel[::-1, ::-1]
     pad = k - 1 - padding
     return jax.lax.conv_general_dilated(
@@ -91,30 +87,3 @@ class ConvTranspose(nn.Module):
             y = y + bias.astype(y.dtype)
         return y
 
-
-def _conv_transpose_gemm(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
-    n, h, w, cin = x.shape
-    k, s = kernel.shape[0], stride
-    cout = kernel.shape[3]
-    q = k // s
-    cols = jnp.dot(x.reshape(n * h * w, cin), kernel.astype(x.dtype).transpose(2, 0, 1, 3).reshape(cin, k * k * cout))
-    cols = cols.reshape(n, h, w, k, k, cout)
-    # Tap a = r + s*j lands on output row s*(i + j) + r: for each phase r, sum the taps
-    # shifted by j on the half-resolution grid of size h + q - 1.
-    phases = []
-    for ry in range(s):
-        row = []
-        for rx in range(s):
-            acc = None
-            for jy in range(q):
-                for jx in range(q):
-                    tap = cols[:, :, :, ry + s * jy, rx + s * jx]
-                    tap = jnp.pad(tap, ((0, 0), (jy, q - 1 - jy), (jx, q - 1 - jx), (0, 0)))
-                    acc = tap if acc is None else acc + tap
-            row.append(acc)
-        phases.append(jnp.stack(row, axis=3))  # [n, H', W', s(rx), cout]
-    full = jnp.stack(phases, axis=2)  # [n, H', s(ry), W', s(rx), cout]
-    hh, ww = h + q - 1, w + q - 1
-    full = full.reshape(n, s * hh, s * ww, cout)
-    out_h, out_w = (h - 1) * s + k - 2 * padding, (w - 1) * s + k - 2 * padding
-    return full[:, padding : padding + out_h, padding : padding + out_w]
