@@ -198,10 +198,15 @@ def random_variables(config: DCGANConfig, key: jax.Array, gain: float = 3.0, bat
     z = jax.random.normal(k_z, (batch, config.nz), jnp.float32)
     label = jnp.zeros((batch,), jnp.int32) if config.num_classes else None
     if config.batchnorm:
+
+        @jax.jit
+        def update(v: dict[str, Any]) -> dict[str, Any]:
+            _, upd = DCGANGenerator(config).apply(v, z, label, train=True, mutable=["batch_stats"])
+            return {"params": v["params"], "batch_stats": upd["batch_stats"]}
+
         # momentum 0.9: 60 updates bring the running averages within 0.2 % of batch statistics.
         for _ in range(60):
-            _, upd = DCGANGenerator(config).apply(variables, z, label, train=True, mutable=["batch_stats"])
-            variables = {"params": variables["params"], "batch_stats": upd["batch_stats"]}
+            variables = update(variables)
     params = dict(variables["params"])
     last = f"convt_{config.depth - 1}"
     params[last] = {"kernel": params[last]["kernel"] * gain}
