@@ -107,7 +107,14 @@ def load_generator(path: str | Path, name: str | None = None) -> Generator:
 def template_shapes(architecture: str, config: dict[str, Any]) -> Any:
     """Shapes and dtypes of a fresh variable tree of the architecture (no computation)."""
     arch = get_architecture(architecture)
-    return jax.eval_shape(lambda: arch.init(config, jax.random.key(0)))
+    try:
+        return jax.eval_shape(lambda: arch.init(config, jax.random.key(0)))
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        # An init that draws with NumPy cannot be traced: run it (cheap by design).
+        return jax.tree_util.tree_map(
+            lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype),
+            arch.init(config, jax.random.key(0)),
+        )
 
 
 def check_tree(template: Any, tree: Any, source: str = "checkpoint") -> None:
