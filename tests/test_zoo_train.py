@@ -9,6 +9,8 @@ import pytest
 from PIL import Image
 
 pytest.importorskip("mlxtend")
+pytest.importorskip("skimage")
+pytest.importorskip("sklearn")
 
 from ronan_jax.checkpoint import CheckpointError, load_generator
 from ronan_jax.zoo import train as zoo_train
@@ -16,22 +18,30 @@ from ronan_jax.zoo import train as zoo_train
 GRID_PX = (8 * (32 + 2) + 2) * 3
 
 
-@pytest.mark.parametrize("name", ["dcgan-mnist", "vae-mnist"])
+EXPECTED = {  # name -> (architecture, output shape, training data, licence fragment)
+    "dcgan-mnist": ("dcgan", (32, 32, 1), "mnist-a", "CC BY-SA"),
+    "vae-mnist": ("vae", (32, 32, 1), "mnist-a", "CC BY-SA"),
+    "ref-photo": ("conv-decoder", (32, 32, 3), "photo-train", "CC0"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_two_steps_on_a_tiny_subset_write_checkpoint_card_and_grid(tmp_path, name):
     out = tmp_path / name
     card = zoo_train.train(name, steps=2, subset=8, out=out, seed=3, progress=False)
+    architecture, shape, data, licence = EXPECTED[name]
     gen = load_generator(out, name=name)
-    assert gen.output_shape == (32, 32, 1)
+    assert gen.output_shape == shape
     assert gen.param_hash == card["param_hash"]
     on_disk = json.loads((out / "model_card.json").read_text())
     assert on_disk == card
     t = card["training"]
     assert (t["steps"], t["seed"], t["subset"], t["num_images"]) == (2, 3, 8, 8)
-    assert t["data"] == "mnist-a"
-    assert "CC BY-SA" in t["data_licence"]
+    assert t["data"] == data
+    assert licence in t["data_licence"]
     assert t["training_seconds"] > 0
     assert t["final_losses"] and all(np.isfinite(v) for v in t["final_losses"].values())
-    assert card["architecture"] == {"dcgan-mnist": "dcgan", "vae-mnist": "vae"}[name]
+    assert card["architecture"] == architecture
     with Image.open(out / "samples.png") as im:
         assert im.size == (GRID_PX, GRID_PX)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dir left

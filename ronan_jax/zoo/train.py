@@ -98,6 +98,12 @@ RECIPES: dict[str, TrainRecipe] = {
 # --------------------------------------------------------------------------- GAN
 
 
+def _optax_promotion():
+    """optax's Adam mixes Python scalars with its int32 step count (bias correction), which
+    strict dtype promotion rejects; allow standard promotion inside optax updates only."""
+    return jax.numpy_dtype_promotion("standard")
+
+
 def _bce(logits: jax.Array, target: float) -> jax.Array:
     labels = jnp.full(logits.shape, target, logits.dtype)
     return optax.sigmoid_binary_cross_entropy(logits, labels).mean()
@@ -158,7 +164,8 @@ def _gan_trainer(cfg: dcgan.DCGANConfig, recipe: TrainRecipe) -> tuple[Callable,
         (d_loss, (d_stats, d_real)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(
             d_vars["params"]
         )
-        d_upd, d_opt_state = d_opt.update(d_grads, state["d_opt"], d_vars["params"])
+        with _optax_promotion():
+            d_upd, d_opt_state = d_opt.update(d_grads, state["d_opt"], d_vars["params"])
         d_params = optax.apply_updates(d_vars["params"], d_upd)
 
         def g_loss_fn(fake_images):
@@ -172,7 +179,8 @@ def _gan_trainer(cfg: dcgan.DCGANConfig, recipe: TrainRecipe) -> tuple[Callable,
 
         (g_loss, d_fake), fake_grad = jax.value_and_grad(g_loss_fn, has_aux=True)(fake)
         (g_grads,) = g_vjp(fake_grad)
-        g_upd, g_opt_state = g_opt.update(g_grads, state["g_opt"], g_params)
+        with _optax_promotion():
+            g_upd, g_opt_state = g_opt.update(g_grads, state["g_opt"], g_params)
         new_state = {
             "g": {"params": optax.apply_updates(g_params, g_upd), **g_updates},
             "d": {"params": d_params, "batch_stats": d_stats},
@@ -247,7 +255,8 @@ def _vae_trainer(family: _VAEFamily, recipe: TrainRecipe) -> tuple[Callable, Cal
             return (recon + kl).mean(), {"recon": recon.mean(), "kl": kl.mean(), "mse": mse}
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["vars"]["params"])
-        upd, opt_state = opt.update(grads, state["opt"], state["vars"]["params"])
+        with _optax_promotion():
+            upd, opt_state = opt.update(grads, state["opt"], state["vars"]["params"])
         params = optax.apply_updates(state["vars"]["params"], upd)
         return {"vars": {"params": params}, "opt": opt_state}, {"loss": loss, **aux}
 
