@@ -138,7 +138,10 @@ def _profile_view(profile: Mapping[str, Any] | None) -> dict[str, Any] | None:
                 "model",
                 "reference",
                 "config",
+                "losses",  # per-sample lists: summarised by the histogram, not printed
+                "ref_losses",
             }
+            and not isinstance(v, list | tuple)
         },
     }
 
