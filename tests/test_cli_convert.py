@@ -57,7 +57,11 @@ def test_converted_64px_dcgan_profiles_and_audits_end_to_end(converted, tmp_path
     res = invoke(["audit", tmp_path / "imgs", "--model", converted, "--reference", "none",
                   "--profile", profile, "--db", db, "--quiet"])
     assert res.exit_code == 0, res.output
-    verdicts = {Path(r["path"]).stem: r["verdict"] for r in db_rows(db)}
+    rows = db_rows(db)
+    verdicts = {Path(r["path"]).stem: r["verdict"] for r in rows}
+    own_loss = max(r["loss"] for r in rows if Path(r["path"]).stem.startswith("own"))
+    photo_loss = min(r["loss"] for r in rows if Path(r["path"]).stem.startswith("photo"))
+    assert own_loss * 100 < photo_loss, (own_loss, photo_loss)
     assert verdicts == {**{f"own_{i}": "belonging" for i in range(4)},
                         **{f"photo_{i}": "non-belonging" for i in range(4)}}
 
