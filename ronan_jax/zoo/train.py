@@ -39,7 +39,7 @@ import numpy as np
 import optax
 from flax import linen as nn
 
-from ronan_jax.checkpoint import CheckpointError, load_generator, save_generator
+from ronan_jax.checkpoint import CheckpointError, load_generator, read_card, save_generator
 from ronan_jax.generator import Generator
 from ronan_jax.models import conv_decoder, dcgan, vae
 from ronan_jax.zoo import data as zoo_data
@@ -431,7 +431,8 @@ def train(
 
     card = {
         "name": name,
-        "description": entry.description,
+        "description": entry.description
+        + (f" [this checkpoint: trained on {dataset.name} instead]" if data else ""),
         "output_shape": list(entry.output_shape),
         "default_reference": entry.default_reference,
         "samples": SAMPLES_FILE,
@@ -458,7 +459,7 @@ def train(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; a shipped checkpoint is world-readable
     try:
-        written = save_generator(tmp, entry.architecture, entry.config_dict, variables, card)
+        save_generator(tmp, entry.architecture, entry.config_dict, variables, card)
         save_sample_grid(load_generator(tmp, name=name), tmp / SAMPLES_FILE, seed)
         if out.exists():
             if any(out.iterdir()) and not overwrite:
@@ -468,7 +469,7 @@ def train(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return written
+    return read_card(out)  # as on disk (JSON types: lists, not tuples)
 
 
 def _versions() -> dict[str, str]:
