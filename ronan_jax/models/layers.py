@@ -87,3 +87,9 @@ class ConvTranspose(nn.Module):
             y = y + bias.astype(y.dtype)
         return y
 
+
+
+def reparameterize(mu: jax.Array, logvar: jax.Array, key: jax.Array) -> jax.Array:
+    """A VAE posterior sample ``mu + sigma * eps`` (the reparameterisation trick)."""
+    eps = jax.random.normal(key, mu.shape, mu.dtype)
+    return mu + jnp.exp(0.5 * logvar) * eps

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from ronan_jax.generator import Generator
-from ronan_jax.models.layers import ConvTranspose
+from ronan_jax.models.layers import ConvTranspose, reparameterize
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,9 +108,7 @@ class VAE(nn.Module):
 
     def __call__(self, x: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         mu, logvar = self.encoder(x)
-        eps = jax.random.normal(key, mu.shape, mu.dtype)
-        z = mu + jnp.exp(0.5 * logvar) * eps
-        return self.decoder(z), mu, logvar
+        return self.decoder(reparameterize(mu, logvar, key)), mu, logvar
 
     def decode(self, z: jax.Array) -> jax.Array:
         return self.decoder(z)
