@@ -1,0 +1,34 @@
+"""Every belonging profile shipped with the zoo matches the weights it was built from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ronan_jax import zoo
+from ronan_jax.profile import Profile
+
+PROFILES = sorted((Path(zoo.__file__).parent / "profiles").glob("*.json"))
+
+
+def test_the_demo_profile_ships():
+    assert any(p.name == "dcgan-mnist-demo.json" for p in PROFILES)
+
+
+@pytest.mark.parametrize("path", PROFILES, ids=[p.stem for p in PROFILES])
+def test_shipped_profile_loads_and_matches_its_models_parameter_hash(path):
+    prof = Profile.load(path)
+    model = zoo.load(prof.model["name"])
+    assert prof.model["param_hash"] == model.param_hash
+    assert prof.reference is not None
+    ref_name = zoo.default_reference(prof.model["name"])
+    assert prof.reference["name"] == ref_name
+    assert prof.reference["param_hash"] == zoo.load(ref_name).param_hash
+    assert prof.n == 100 and prof.config["restarts"] == 8 and prof.config["lr"] == 0.1
+    cal = np.asarray(prof.calibrated_losses)
+    assert prof.mu == pytest.approx(cal.mean()) and prof.sigma == pytest.approx(cal.std(ddof=1))
+    np.testing.assert_allclose(cal, np.asarray(prof.losses) / np.asarray(prof.ref_losses), rtol=1e-6)
+    if not path.stem.endswith("-demo"):
+        assert prof.config["steps"] == 1500  # SPEC defaults for the full profiles
