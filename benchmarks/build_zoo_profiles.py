@@ -3,7 +3,7 @@
     python -m benchmarks.build_zoo_profiles dcgan-mnist            # SPEC defaults: N 100, 1500 x 8
     python -m benchmarks.build_zoo_profiles dcgan-mnist --demo     # the demo's: N 100, 100 x 8
 
-Progress is appended to cache/profiles/<file>.progress.jsonl after every chunk of images, so
+Progress is appended to benchmarks/progress/<name>.progress.jsonl (committed) after every chunk of images, so
 a stopped build resumes where it stopped. Expected runtime on 2 CPU cores: ~5 minutes for the
 demo profile, ~1 hour for the SPEC-default one (most of it on the reference model).
 """
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     config = InversionConfig(steps=DEMO_STEPS if args.demo else 1500, restarts=8, lr=0.1)
     name = f"{args.model}-demo" if args.demo else args.model
     out = Path(args.out_dir) / f"{name}.json"
-    progress = Path("cache/profiles") / f"{name}.progress.jsonl"
+    progress = Path("benchmarks/progress") / f"{name}.progress.jsonl"
     model = zoo.load(args.model)
     reference = zoo.load(zoo.default_reference(args.model))
     t0 = time.time()
