@@ -67,6 +67,12 @@ def _cast_floats(tree: Any, dtype: Any) -> Any:
     )
 
 
+def generate(apply_fn: ApplyFn, compute_dtype: Any, params: Any, z: jax.Array, condition: Any) -> jax.Array:
+    """Images of inputs ``z`` computed in ``compute_dtype``, returned as float32."""
+    images = apply_fn(_cast_floats(params, compute_dtype), z.astype(compute_dtype), condition)
+    return images.astype(jnp.float32)
+
+
 def run_losses(
     apply_fn: ApplyFn,
     metric: Metric,
@@ -77,8 +83,7 @@ def run_losses(
     condition: Any,
 ) -> tuple[jax.Array, jax.Array]:
     """Per-run losses ``[N]`` (float32) and images of inputs ``z`` against ``targets``."""
-    images = apply_fn(_cast_floats(params, compute_dtype), z.astype(compute_dtype), condition)
-    images = images.astype(jnp.float32)
+    images = generate(apply_fn, compute_dtype, params, z, condition)
     return jax.vmap(metric)(images, targets), images
 
 
@@ -99,6 +104,16 @@ def _per_run(mask: jax.Array, like: jax.Array) -> jax.Array:
     return mask.reshape(mask.shape + (1,) * (like.ndim - 1))
 
 
+def _record_best(state: InversionState, losses: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Strategy "min": fold losses measured at ``state.z`` into the best seen so far.
+    Returns (finite mask, best_loss, best_z); non-finite or dead runs never improve."""
+    finite = jnp.isfinite(losses) & state.alive
+    improved = finite & (losses < state.best_loss)
+    best_loss = jnp.where(improved, losses, state.best_loss)
+    best_z = jnp.where(_per_run(improved, state.z), state.z, state.best_z)
+    return finite, best_loss, best_z
+
+
 def inversion_step(
     loss_fn: Callable[[jax.Array], jax.Array],
     optimizer: optax.GradientTransformation,
@@ -115,10 +130,7 @@ def inversion_step(
         return jnp.sum(jnp.where(jnp.isfinite(losses), losses, 0.0)), losses
 
     grads, losses = jax.grad(total, has_aux=True)(state.z)
-    finite = jnp.isfinite(losses) & state.alive
-    improved = finite & (losses < state.best_loss)
-    best_loss = jnp.where(improved, losses, state.best_loss)
-    best_z = jnp.where(_per_run(improved, state.z), state.z, state.best_z)
+    finite, best_loss, best_z = _record_best(state, losses)
 
     # optax mixes Python scalars with int32 step counts; allow that inside optax only.
     with jax.numpy_dtype_promotion("standard"):
@@ -130,7 +142,7 @@ def inversion_step(
     z = jnp.where(keep, z_next, state.z)
     opt_state = jax.tree_util.tree_map(
         lambda new, old: jnp.where(_per_run(alive, new), new, old)
-        if jnp.ndim(new) and new.shape[0] == alive.shape[0]
+        if _is_run_leaf(new, alive.shape[0])
         else new,
         opt_state,
         state.opt_state,
@@ -209,12 +221,9 @@ def _program(
                 state = step(state)
         if measure_last:  # the last update's input is measured too, so no step is wasted
             last = losses(state.z)
-            finite = jnp.isfinite(last) & state.alive
-            better = finite & (last < state.best_loss)
+            finite, best_loss, best_z = _record_best(state, last)
             state = state._replace(
-                best_loss=jnp.where(better, last, state.best_loss),
-                best_z=jnp.where(_per_run(better, state.z), state.z, state.best_z),
-                last_loss=jnp.where(finite, last, jnp.inf),
+                best_loss=best_loss, best_z=best_z, last_loss=jnp.where(finite, last, jnp.inf)
             )
         return state
 
@@ -231,8 +240,7 @@ def _program(
 
     @jax.jit
     def reconstruct(params: Any, inputs: jax.Array, condition: Any) -> jax.Array:
-        images = apply_fn(_cast_floats(params, compute_dtype), inputs.astype(compute_dtype), condition)
-        return images.astype(jnp.float32)
+        return generate(apply_fn, compute_dtype, params, inputs, condition)
 
     return _Program(start, init, gather, advance, scatter, reconstruct)
 
