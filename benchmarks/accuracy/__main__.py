@@ -1,0 +1,89 @@
+"""Reproduce the paper's accuracy tables on the zoo (resumable; every loss cached).
+
+    python -m benchmarks.accuracy core           # issue 4's rows: dcgan-mnist, SPEC defaults
+    python -m benchmarks.accuracy 2 3 8          # Tables 2, 3 and 8, SPEC defaults
+    python -m benchmarks.accuracy all --steps 200 --n 50   # every table at reduced settings
+    python -m benchmarks.accuracy core --quick   # a fast smoke run (20 steps x 2, n 10)
+
+Per-image losses are appended to benchmarks/accuracy/cache/*.jsonl as they are measured, so a
+stopped run resumes and tables share inversions. Each table writes
+benchmarks/accuracy/results/table-<T>[-<settings>].{json,md,png}. Expect ~14 s per image
+(model + reference) at the SPEC defaults on 2 CPU cores, i.e. ~45 minutes per 200-image row
+whose images are not cached yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.accuracy import plot, tables
+from ronan_jax.config import InversionConfig
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def settings_tag(config: InversionConfig, n: int) -> str:
+    default = InversionConfig()
+    if (config.steps, config.restarts, n) == (default.steps, default.restarts, 100):
+        return ""
+    return f"-{config.steps}x{config.restarts}-n{n}"
+
+
+def markdown(title: str, results: list[dict], command: str, seconds: float) -> str:
+    lines = [f"### {title}", "", f"`{command}`", "",
+             "| row | TP | FP | FN | TN | accuracy | AUC | paper |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(
+            f"| {r['row']['label']} | {r['TP']} | {r['FP']} | {r['FN']} | {r['TN']} | "
+            f"{100 * r['accuracy']:.1f} % | {r['auc']:.3f} | {r['row']['paper']} |")
+    s = results[0]["settings"]
+    lines += ["", f"Settings: {s['steps']} steps x {s['restarts']} restarts, lr {s['lr']}, "
+              f"N = {results[0]['profile']['n']}, alpha {results[0]['alpha']}, "
+              f"{results[0]['n']} + {results[0]['n']} images per row; wall time of this "
+              f"invocation {seconds:.0f} s (cached inversions cost nothing)."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("tables", nargs="+", help=f"any of {', '.join(tables.TABLES)}, or all")
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--restarts", type=int, default=8)
+    ap.add_argument("--n", type=int, default=100, help="profile size N and images per side")
+    ap.add_argument("--alpha", type=float, default=0.05)
+    ap.add_argument("--quick", action="store_true", help="20 steps x 2 restarts, n 10")
+    args = ap.parse_args(argv)
+    names = list(tables.TABLES) if args.tables == ["all"] else args.tables
+    unknown = [t for t in names if t not in tables.TABLES]
+    if unknown:
+        ap.error(f"unknown table(s) {unknown}; choose from {list(tables.TABLES)} or all")
+    if args.quick:
+        args.steps, args.restarts, args.n = 20, 2, 10
+    config = InversionConfig(steps=args.steps, restarts=args.restarts)
+    command = "python -m benchmarks.accuracy " + " ".join(sys.argv[1:] if argv is None else argv)
+    for name in names:
+        title, rows = tables.TABLES[name]
+        print(f"== {title}", flush=True)
+        t0 = time.time()
+        results = [tables.score(row, config, args.n, args.alpha,
+                                log=lambda m: print(m, flush=True)) for row in rows]
+        seconds = time.time() - t0
+        stem = RESULTS_DIR / f"table-{name}{settings_tag(config, args.n)}"
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        stem.with_suffix(".json").write_text(json.dumps(
+            {"title": title, "command": command, "seconds": seconds, "rows": results}, indent=1))
+        text = markdown(title, results, command, seconds)
+        stem.with_suffix(".md").write_text(text)
+        plot.plot_table(title, results, stem.with_suffix(".png"))
+        print(text, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Per-image inversion losses kept on disk, so tables share work and stopped runs resume.
+
+One JSON-lines file per (generator, result-changing settings): a header line with the
+identity, then one line per image ``{"sha": ..., "loss": ..., "steps": ...}``, appended after
+every chunk. The key is the image's SHA-256 over its uint8 pixels and shape, so the same
+image met in two tables (or two rows) is inverted once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ronan_jax.config import InversionConfig
+from ronan_jax.generator import Generator
+from ronan_jax.invert import default_max_batch, invert
+
+CACHE_DIR = Path(__file__).resolve().parent / "cache"
+
+
+def image_sha(image_u8: np.ndarray) -> str:
+    """Content key of one uint8 HWC image."""
+    h = hashlib.sha256(str(image_u8.shape).encode())
+    h.update(np.ascontiguousarray(image_u8, np.uint8).tobytes())
+    return h.hexdigest()
+
+
+def identity(gen: Generator, config: InversionConfig) -> dict:
+    """What determines a loss besides the image: the weights and the result settings."""
+    return {"generator": gen.name, "param_hash": gen.param_hash,
+            "settings": config.result_settings()}
+
+
+def cache_path(gen: Generator, config: InversionConfig, root: Path | None = None) -> Path:
+    ident = json.dumps(identity(gen, config), sort_keys=True)
+    digest = hashlib.sha256(ident.encode()).hexdigest()[:12]
+    return (root or CACHE_DIR) / f"{gen.name}-{digest}.jsonl"
+
+
+def read(path: Path, ident: dict) -> dict[str, dict]:
+    """Records of a cache file (empty if absent); refuses a file of another identity."""
+    if not path.is_file():
+        return {}
+    lines = path.read_text().splitlines()
+    if not lines:
+        return {}
+    head = json.loads(lines[0])
+    if head.get("identity") != ident:
+        raise ValueError(f"{path} holds losses of another generator or settings")
+    out = {}
+    for line in lines[1:]:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a kill: recompute that image
+            continue
+        out[rec["sha"]] = rec
+    return out
+
+
+def append(path: Path, ident: dict, records: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.is_file() or path.stat().st_size == 0
+    with path.open("a") as f:
+        if new:
+            f.write(json.dumps({"identity": ident}, sort_keys=True) + "\n")
+        for rec in records:
+            f.write(json.dumps(rec, sort_keys=True) + "\n")
+
+
+def losses(
+    gen: Generator,
+    images_u8: np.ndarray,
+    config: InversionConfig,
+    label: str = "",
+    log: Callable[[str], None] = print,
+    root: Path | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Best losses and steps run of ``images_u8`` (N, H, W, C) inverted on ``gen``.
+
+    ``gen`` is adapted to the images' shape; images already in the cache are not inverted.
+    """
+    images_u8 = np.asarray(images_u8, np.uint8)
+    gen = gen.for_shape(tuple(images_u8.shape[1:]))
+    ident = identity(gen, config)
+    path = cache_path(gen, config, root)
+    done = read(path, ident)
+    shas = [image_sha(im) for im in images_u8]
+    todo = [i for i, s in enumerate(shas) if s not in done]
+    chunk = max(1, (config.max_batch or default_max_batch()) // config.restarts)
+    t0 = time.time()
+    for lo in range(0, len(todo), chunk):
+        idx = todo[lo : lo + chunk]
+        res = invert(gen, images_u8[idx].astype(np.float32) / np.float32(255.0), config)
+        recs = [
+            {"sha": shas[i], "loss": float(res.loss[j]), "steps": int(np.sum(res.steps_run[j]))}
+            for j, i in enumerate(idx)
+        ]
+        append(path, ident, recs)
+        done.update({r["sha"]: r for r in recs})
+        n_done = lo + len(idx)
+        log(f"  {label} on {gen.name}: {n_done}/{len(todo)} new images, "
+            f"{time.time() - t0:.0f} s")
+    loss = np.array([done[s]["loss"] for s in shas], np.float64)
+    steps = np.array([done[s]["steps"] for s in shas], np.int64)
+    return loss, steps
+
+
+def seed(gen: Generator, images_u8: np.ndarray, config: InversionConfig, loss: np.ndarray,
+         steps: int, root: Path | None = None) -> int:
+    """Enter losses measured elsewhere (a shipped profile's) for images not yet cached.
+
+    ``steps``: optimisation steps the source ran per image, all restarts together.
+    """
+    images_u8 = np.asarray(images_u8, np.uint8)
+    gen = gen.for_shape(tuple(images_u8.shape[1:]))
+    ident = identity(gen, config)
+    path = cache_path(gen, config, root)
+    done = read(path, ident)
+    recs = [{"sha": s, "loss": float(v), "steps": int(steps)}
+            for s, v in zip((image_sha(im) for im in images_u8), loss, strict=True)
+            if s not in done]
+    if recs:
+        append(path, ident, recs)
+    return len(recs)
