@@ -35,17 +35,23 @@ def settings_tag(config: InversionConfig, n: int) -> str:
 
 def markdown(title: str, results: list[dict], command: str, seconds: float) -> str:
     lines = [f"### {title}", "", f"`{command}`", "",
-             "| row | TP | FP | FN | TN | accuracy | AUC | paper |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| row | TP | FP | FN | TN | accuracy | AUC | steps run | paper |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(
             f"| {r['row']['label']} | {r['TP']} | {r['FP']} | {r['FN']} | {r['TN']} | "
-            f"{100 * r['accuracy']:.1f} % | {r['auc']:.3f} | {r['row']['paper']} |")
+            f"{100 * r['accuracy']:.1f} % | {r['auc']:.3f} | "
+            f"{100 * r['steps_run'] / r['steps_budget']:.1f} % | {r['row']['paper']} |")
     s = results[0]["settings"]
     lines += ["", f"Settings: {s['steps']} steps x {s['restarts']} restarts, lr {s['lr']}, "
               f"N = {results[0]['profile']['n']}, alpha {results[0]['alpha']}, "
               f"{results[0]['n']} + {results[0]['n']} images per row; wall time of this "
               f"invocation {seconds:.0f} s (cached inversions cost nothing)."]
+    if "halving_at" in s:
+        lines.append(f"Early stopping: successive halving at {s['halving_at']} of the steps, "
+                     f"plateau window {s['plateau_window']} steps, rtol {s['plateau_rtol']} "
+                     f"(checked every {s['check_every']} steps). Steps run: share of the "
+                     "same images' full budget on M and the reference.")
     return "\n".join(lines) + "\n"
 
 

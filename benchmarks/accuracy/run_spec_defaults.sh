@@ -4,6 +4,6 @@
 set -e
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-.venv/bin/python}
-for t in core 6 8 2 4 3 7 5; do
+for t in core early 6 8 2 4 3 7 5; do
   $PY -m benchmarks.accuracy "$t"
 done
