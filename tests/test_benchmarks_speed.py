@@ -136,3 +136,44 @@ def test_contenders_drop_collapsed_baselines():
     close = speed.Variant("c", "torch", lambda: None, 1, 10, samples=[0.7])
     assert speed.contenders([fast, slow, close]) == {"1t", "c"}
     assert speed.contenders([speed.Variant("x", "torch", lambda: None, 1, 10)]) == {"x"}
+
+
+def test_run_interleaved_times_a_collapsed_baseline_once():
+    import time
+
+    calls = {"fast": 0, "stalled": 0, "jax": 0}
+
+    def run(name, seconds=0.0):
+        def fn():
+            calls[name] += 1
+            time.sleep(seconds)
+
+        return fn
+
+    fast = speed.Variant("fast", "torch", run("fast"), 1, 10)
+    stalled = speed.Variant("stalled", "torch", run("stalled", 0.05), 1, 10)
+    ours = speed.Variant("jax", "jax", run("jax", 0.05), 1, 10)
+    rounds = []
+    speed.run_interleaved([fast, stalled, ours], 3, lambda _: None, on_round=lambda: rounds.append(1))
+    assert len(fast.samples) == 3 and len(ours.samples) == 3  # jax variants are never dropped
+    assert len(stalled.samples) == 1 and "timed once" in stalled.note
+    assert calls["stalled"] == 2 and len(rounds) == 3  # warm-up + one timed round
+
+
+def test_write_json_is_atomic_and_plain(tmp_path):
+    import json
+
+    out = tmp_path / "sub" / "r.json"
+    speed.write_json(out, {"a": np.float32(1.5), "b": float("nan"), "c": (1, 2)})
+    assert json.loads(out.read_text()) == {"a": 1.5, "b": None, "c": [1, 2]}
+    assert not list(out.parent.glob("*.tmp"))
+
+
+def test_early_stopping_defaults_halve_to_one_restart():
+    quick, full = speed.parse_args(["--quick"]), speed.parse_args([])
+    assert quick.halving_at == full.halving_at == (0.1, 0.25, 0.5)  # 8 -> 4 -> 2 -> 1 restarts
+    for s in (quick, full):
+        cfg = InversionConfig(steps=s.decision_steps, check_every=s.check_every, halving_at=s.halving_at)
+        # every fraction lands on its own check, so all three halvings happen
+        marks = {max(cfg.check_every, round(f * cfg.steps / cfg.check_every) * cfg.check_every) for f in cfg.halving_at}
+        assert len(marks) == 3 and max(marks) < cfg.steps
