@@ -15,7 +15,7 @@ class InversionConfig:
 
     Attributes that change results (``steps``, ``restarts``, ``lr``, ``metric``, ``seed``,
     ``precision`` and the early-stopping options when on) form :meth:`result_settings`; the
-    rest (``max_batch``, ``loop``, ``unroll``) only change speed and memory.
+    rest (``max_batch``, ``loop``, ``unroll``, ``devices``) only change speed and memory.
 
     Early stopping (off by default, so the SPEC's behaviour is the default), decided every
     ``check_every`` steps, per image, independently of batch neighbours:
@@ -27,6 +27,10 @@ class InversionConfig:
 
     ``max_batch`` is the number of runs (images x restarts) per device call; 0 picks a
     backend default (:func:`ronan_jax.invert.default_max_batch`).
+
+    ``devices``: how many of this process's devices share each batch (data parallelism,
+    :mod:`ronan_jax.parallel`); 0 means all of them. With several, a call holds up to
+    ``max_batch`` runs per device.
     """
 
     steps: int = 1500
@@ -42,6 +46,7 @@ class InversionConfig:
     plateau_window: int = 0
     plateau_rtol: float = 1e-3
     halving_at: tuple[float, ...] = ()
+    devices: int = 0
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -56,6 +61,8 @@ class InversionConfig:
             raise ValueError(f"loop must be one of {LOOPS}, got {self.loop!r}")
         if self.max_batch < 0 or self.unroll < 1 or self.check_every < 1:
             raise ValueError("max_batch must be >= 0, unroll and check_every >= 1")
+        if self.devices < 0:
+            raise ValueError(f"devices must be >= 0 (0: all local devices), got {self.devices}")
         if self.plateau_window < 0 or self.plateau_window % self.check_every:
             raise ValueError("plateau_window must be a non-negative multiple of check_every")
         if any(not 0 < f < 1 for f in self.halving_at):

@@ -20,10 +20,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
 from ronan_jax.config import InversionConfig
 from ronan_jax.generator import ApplyFn, Generator, PriorFn
 from ronan_jax.metrics import get_metric
+from ronan_jax.parallel import data_mesh, replicate, round_up, shard_rows
 
 Metric = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -314,6 +316,11 @@ def invert(
     Returns per image the best loss, input and reconstruction, and per-restart losses and
     steps run. Images go through in chunks of ``max_batch // restarts``; inside a chunk only
     runs still going are computed (stopped runs are compacted out, in power-of-two buckets).
+
+    With several devices (``config.devices``, default all local ones) each chunk holds
+    ``max_batch // restarts`` images per device and its runs are split over the devices
+    (:mod:`ronan_jax.parallel`); tables are padded to a multiple of the device count and the
+    padding is never returned. Results equal those of one device.
     """
     config = config or InversionConfig()
     images = np.asarray(images, dtype=np.float32)
@@ -331,7 +338,8 @@ def invert(
         conditions = generator.batched_condition(n)
     program = compiled_program(generator, config, metric)
     max_batch = config.max_batch or default_max_batch()
-    images_per_call = max(1, max_batch // config.restarts)
+    mesh = data_mesh(config.devices)
+    images_per_call = max(1, max_batch // config.restarts) * (1 if mesh is None else mesh.size)
     parts = []
     for lo in range(0, n, images_per_call):
         hi = min(lo + images_per_call, n)
@@ -344,6 +352,7 @@ def invert(
                 config,
                 max_batch,
                 None if stop_below is None else stop_below[lo:hi],
+                mesh,
             )
         )
     r = config.restarts
@@ -379,17 +388,24 @@ def _invert_chunk(
     config: InversionConfig,
     max_batch: int,
     stop_below: np.ndarray | None,
+    mesh: Mesh | None = None,
 ) -> tuple[np.ndarray, ...]:
-    """Invert up to ``max_batch // restarts`` images; returns per-image arrays."""
+    """Invert up to ``max_batch // restarts`` images (per device of ``mesh``); returns
+    per-image arrays. With a mesh, every run table is padded to a multiple of its device
+    count and split over its devices (the parameters replicated); without one, nothing is
+    placed explicitly."""
     b, r = images.shape[0], config.restarts
     loop = resolve_loop(config.loop)
-    b_pad = _bucket(b, max(1, max_batch // r))
+    d = 1 if mesh is None else mesh.size
+    b_pad = round_up(_bucket(b, max(1, max_batch // r) * d), d)
+    place: Callable[[Any], Any] = (lambda x: x) if mesh is None else functools.partial(shard_rows, mesh=mesh)
+    params = generator.params if mesh is None else replicate(generator.params, mesh)
     keys = jnp.stack([image_key(config.seed, img) for img in images])
-    targets = _pad(jnp.asarray(images), b_pad - b)
-    cond = _slice_tree(conditions, 0, b, b_pad - b)
-    state = program.init(program.start(_pad(keys, b_pad - b)))
+    targets = place(_pad(jnp.asarray(images), b_pad - b))
+    cond = place(_slice_tree(conditions, 0, b, b_pad - b))
+    state = place(program.init(program.start(place(_pad(keys, b_pad - b)))))
     n_runs = b * r  # padded images' runs exist in the state but are never scheduled
-    run_img = jnp.repeat(jnp.arange(b_pad, dtype=jnp.int32), r)
+    run_img = place(jnp.repeat(jnp.arange(b_pad, dtype=jnp.int32), r))
     active = np.ones(n_runs, bool)
     steps_run = np.zeros(n_runs, np.int32)
     history: dict[int, np.ndarray] = {}
@@ -403,13 +419,15 @@ def _invert_chunk(
             break
         # All runs of a chunk fit one call (images_per_call * restarts <= max_batch), so the
         # shared Adam step count advances exactly once per segment.
-        size = _bucket(idx_active.size, b_pad * r)
+        # Padding runs repeat the first active run; they are dropped when scattered back.
+        size = round_up(_bucket(idx_active.size, b_pad * r), d)
         fill = size - idx_active.size
         gather_idx = np.concatenate([idx_active, np.full(fill, idx_active[0])]).astype(np.int32)
         scatter_idx = np.concatenate([idx_active, np.full(fill, b_pad * r)]).astype(np.int32)
-        sub, t, c = program.gather(state, targets, cond, run_img, jnp.asarray(gather_idx))
-        sub = program.advance(sub, generator.params, t, c, k, i == len(segments) - 1)
-        state = program.scatter(state, sub, jnp.asarray(scatter_idx))
+        sub, t, c = program.gather(state, targets, cond, run_img, place(jnp.asarray(gather_idx)))
+        sub, t, c = place((sub, t, c))
+        sub = program.advance(sub, params, t, c, k, i == len(segments) - 1)
+        state = program.scatter(state, sub, place(jnp.asarray(scatter_idx)))
         steps_run[active] += k
         done += k
         if done % config.check_every == 0 and done < config.steps and (
@@ -424,8 +442,8 @@ def _invert_chunk(
     best_z = np.asarray(state.best_z)[:n_runs].reshape((b, r, *generator.input_shape))
     winner = np.argmin(best, axis=1)
     best_input = best_z[np.arange(b), winner]
-    recon_in = _pad(jnp.asarray(best_input), b_pad - b)
-    recon = np.asarray(program.reconstruct(generator.params, recon_in, cond))[:b]
+    recon_in = place(_pad(jnp.asarray(best_input), b_pad - b))
+    recon = np.asarray(program.reconstruct(params, recon_in, cond))[:b]
     # A run stopped early was last measured at its stop: its last loss is its best.
     last = np.where(steps_run.reshape(b, r) < config.steps, best, last)
     return best.min(axis=1), best_input, recon, last, best, steps_run.reshape(b, r)
