@@ -43,6 +43,7 @@ from ronan_jax.attribute import BELONGING, DIVERGED, NON_BELONGING, Attribution,
 from ronan_jax.config import InversionConfig
 from ronan_jax.generator import Generator
 from ronan_jax.io import DEFAULT_MAX_PIXELS, Batch, Batcher, iter_records
+from ronan_jax.parallel import ProcessShard
 from ronan_jax.profile import Profile, ProfileMismatchError, check_compatible, library_versions
 from ronan_jax.store import ROW_KEYS, ResultStore, utc_now
 
@@ -234,9 +235,11 @@ class _ArchiveFound(Exception):
     """Raised inside a counting walk when a tar member shows up (streams are not counted)."""
 
 
-def count_pending(inputs: Sequence[str], done: set[tuple[str, str]]) -> int | None:
-    """How many inputs a run will process (not done, duplicates once), or None when an
-    input streams a tar archive (counting it would mean reading it twice).
+def count_pending(
+    inputs: Sequence[str], done: set[tuple[str, str]], shard: ProcessShard | None = None
+) -> int | None:
+    """How many inputs a run will process (not done, duplicates once, owned by ``shard``),
+    or None when an input streams a tar archive (counting it would mean reading it twice).
 
     Walks directories, globs and list files without reading image bytes.
     """
@@ -248,6 +251,8 @@ def count_pending(inputs: Sequence[str], done: set[tuple[str, str]]) -> int | No
         if member is not None:
             raise _ArchiveFound
         k = (path, "")
+        if shard is not None and not shard.owns(path):
+            return True
         if k not in done and k not in seen:
             seen.add(k)
             count += 1
@@ -375,6 +380,7 @@ def run_audit(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     info: Mapping[str, Any] | None = None,
     count_total: bool = True,
+    shard: ProcessShard | None = None,
 ) -> AuditSummary:
     """Judge every image of ``inputs`` against ``model`` and store one row per image.
 
@@ -395,6 +401,9 @@ def run_audit(
       workers: decoder threads (default: the batcher's).
       info: extra metadata recorded with the run (not part of its results key).
       count_total: count the inputs ahead (for a progress total) when no tar is involved.
+      shard: this process's share of a run split over processes: only the inputs it owns
+        (:meth:`ProcessShard.owns`) are judged; recorded with the run (not in its key, so
+        the shards' databases merge).
 
     Returns an :class:`AuditSummary`; errors in images are counted, not raised.
     """
@@ -414,13 +423,13 @@ def run_audit(
             config,
             resize=resize,
             max_pixels=max_pixels,
-            info=info,
+            info=info if shard is None else {**(info or {}), "shard": shard.to_dict()},
             batch_size=batch_size,
             workers=workers,
         )
     )
     done = resume_keys(store, run.config_key)
-    total = count_pending(inputs, done) if count_total else None
+    total = count_pending(inputs, done, shard) if count_total else None
     folder = None if evidence_dir is None else Path(evidence_dir).absolute() / run.config_key[:16]
 
     seen: set[tuple[str, str]] = set()
@@ -429,6 +438,8 @@ def run_audit(
     def skip_key(path: str, member: str | None) -> bool:
         # runs in the batcher's feeder thread; the main thread only reads `skipped`
         nonlocal skipped
+        if shard is not None and not shard.owns(path, member):
+            return True  # another process's input
         k = (path, member or "")
         if k in done or k in seen:
             skipped += 1
