@@ -386,8 +386,9 @@ class ResultStore:
         return counts
 
 
-def _shard_keys(path: str) -> set[str]:
-    """Config keys a shard holds (runs and results), checking it is a results database."""
+def _shard_keys(path: str) -> dict[str, dict[str, Any]]:
+    """Config keys a shard holds (runs and results), each with the configuration of one of
+    its runs (``{}`` for results without a run), checking it is a results database."""
     if not os.path.isfile(path):
         raise StoreError(f"no such shard database: {path}")
     try:
@@ -400,13 +401,67 @@ def _shard_keys(path: str) -> set[str]:
             raise SchemaVersionError(
                 f"shard {path} has results schema version {version}, expected {SCHEMA_VERSION}"
             )
-        keys = {k for (k,) in conn.execute("SELECT DISTINCT config_key FROM runs")}
-        keys |= {k for (k,) in conn.execute("SELECT DISTINCT config_key FROM results")}
+        keys: dict[str, dict[str, Any]] = {
+            k: json.loads(c)
+            for k, c in conn.execute("SELECT config_key, config_json FROM runs ORDER BY rowid")
+        }
+        for (k,) in conn.execute("SELECT DISTINCT config_key FROM results"):
+            keys.setdefault(k, {})
         return keys
     except sqlite3.Error as e:
         raise StoreError(f"{path} is not a results database: {e}") from e
     finally:
         conn.close()
+
+
+def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Dotted paths of a nested configuration -> canonical JSON of each leaf."""
+    out: dict[str, str] = {}
+    for name, value in config.items():
+        path = f"{prefix}{name}"
+        if isinstance(value, Mapping) and value:
+            out.update(_flatten(value, path + "."))
+        else:
+            out[path] = canonical_json(value)
+    return out
+
+
+def describe_mismatch(
+    configs: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    non_key_fields: Collection[str] = NON_KEY_FIELDS,
+    limit: int = 6,
+) -> str:
+    """Name what differs between databases' configurations, for a refused merge.
+
+    ``configs`` maps a database path to ``{config_key: configuration}``; the answer lists the
+    result-affecting settings (dotted paths, e.g. ``settings.steps``) whose values differ,
+    with each database's value, then every database's key.
+    """
+    entries = []
+    for path, by_key in configs.items():
+        name = os.path.basename(os.fspath(path))
+        for key, config in by_key.items():
+            label = name if len(by_key) == 1 else f"{name} [{key[:12]}]"
+            kept = {k: v for k, v in config.items() if k not in non_key_fields}
+            entries.append((label, _flatten(kept) if config else None))
+    known = [(label, flat) for label, flat in entries if flat is not None]
+    fields = sorted(set().union(*(flat for _, flat in known))) if known else []
+    diffs = []
+    for field_name in fields:
+        values = [(label, flat.get(field_name, "(absent)")) for label, flat in known]
+        if len({v for _, v in values}) > 1:
+            diffs.append(f"{field_name} ({', '.join(f'{label}: {v}' for label, v in values)})")
+    keys = "; ".join(
+        f"{os.path.basename(os.fspath(p))}: {', '.join(k[:12] for k in sorted(ks)) or '(empty)'}"
+        for p, ks in configs.items()
+    )
+    if not diffs:
+        return f"shards hold results of different configurations (keys {keys})"
+    more = f"; and {len(diffs) - limit} more" if len(diffs) > limit else ""
+    return (
+        "shards hold results of different configurations; differing settings: "
+        + "; ".join(diffs[:limit]) + more + f" (keys {keys})"
+    )
 
 
 def merge(dst: str | os.PathLike[str], srcs: Iterable[str | os.PathLike[str]]) -> int:
@@ -425,10 +480,7 @@ def merge(dst: str | os.PathLike[str], srcs: Iterable[str | os.PathLike[str]]) -
     if os.path.exists(dst):
         keys_by_shard[dst] = _shard_keys(dst)
     if len(set().union(*keys_by_shard.values())) > 1:
-        detail = "; ".join(
-            f"{p}: {', '.join(sorted(k)) or '(empty)'}" for p, k in keys_by_shard.items()
-        )
-        raise ShardMismatchError(f"shards hold results of different configurations ({detail})")
+        raise ShardMismatchError(describe_mismatch(keys_by_shard))
     with ResultStore(dst) as store:
         conn = store._conn
         copied = 0

@@ -179,7 +179,7 @@ def test_merge_refuses_shards_of_different_configurations(tmp_path):
             store.write_batch(store.start_run(cfg).config_key, [row(f"/{i}")])
         shards.append(shard)
     dst = tmp_path / "all.db"
-    with pytest.raises(ShardMismatchError):
+    with pytest.raises(ShardMismatchError, match=r"inversion\.steps \(shard0\.db: 100, shard1\.db: 200\)"):
         merge(dst, shards)
     assert not dst.exists()  # refused before anything was created or written
     merge(dst, shards[:1])
