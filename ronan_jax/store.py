@@ -1,6 +1,6 @@
 """Audit results in SQLite: one row per image, resumable, atomic per batch, mergeable.
 
-Two tables, defined once below (`_SCHEMA`), versioned with SQLite's ``user_version``:
+Three tables, defined once below (`_SCHEMA`), versioned with SQLite's ``user_version``:
 
 * ``runs``: one row per audit invocation -- its id, creation time, the full configuration as
   JSON (model identity, reference identity, profile id, inversion settings, versions, ...) and
@@ -8,6 +8,12 @@ Two tables, defined once below (`_SCHEMA`), versioned with SQLite's ``user_versi
   (the configuration minus `NON_KEY_FIELDS`). Runs with equal keys produce interchangeable
   rows, which is what makes resuming and merging shards safe.
 * ``results``: one row per (config_key, path, member) -- ``member`` is ``''`` for plain files.
+* ``telemetry`` (schema 2): one row per (run_id, batch) -- what each audit batch cost: images,
+  the batch size used, steps run against the full budget, images/s, memory in use
+  (:mod:`ronan_jax.telemetry`). Recorded only; never part of a result.
+
+A version-1 database (no telemetry) is upgraded in place when opened for writing (the table
+is added, nothing else changes) and is read as it is by `merge`.
 
 Writes go in one transaction per batch (a kill mid-batch leaves none of its rows) and are
 upserts on that key, so re-running never duplicates. The database uses WAL journalling so a
@@ -34,7 +40,9 @@ from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS: tuple[int, ...] = (1, 2)
+"""Schema versions this code reads; older ones are upgraded when opened for writing."""
 VERDICTS: tuple[str, ...] = ("belonging", "non-belonging", "error")
 
 NON_KEY_FIELDS: frozenset[str] = frozenset(
@@ -75,6 +83,35 @@ _RESULT_COLUMNS: tuple[tuple[str, str], ...] = (
 ROW_KEYS: tuple[str, ...] = tuple(name for name, _ in _RESULT_COLUMNS)
 """Keys a result row may have (``write_batch``); ``path`` and ``verdict`` are required."""
 _REQUIRED = ("path", "verdict")
+
+# The telemetry columns after (run_id, config_key, batch): name and SQL type.
+_TELEMETRY_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("recorded", "TEXT"),
+    ("images", "INTEGER"),
+    ("images_per_call", "INTEGER"),
+    ("calls", "INTEGER"),
+    ("oom_splits", "INTEGER"),
+    ("steps_run", "INTEGER"),
+    ("steps_budget", "INTEGER"),
+    ("seconds", "REAL"),
+    ("images_per_s", "REAL"),
+    ("memory_bytes", "INTEGER"),
+    ("memory_peak_bytes", "INTEGER"),
+    ("memory_source", "TEXT"),
+)
+TELEMETRY_KEYS: tuple[str, ...] = ("batch", *(name for name, _ in _TELEMETRY_COLUMNS))
+"""Keys a telemetry record may have (``write_telemetry``); ``batch`` is required."""
+_TELEMETRY_LIST = ", ".join(("run_id", "config_key", *TELEMETRY_KEYS))
+_TELEMETRY_SCHEMA = f"""
+CREATE TABLE telemetry (
+    run_id TEXT NOT NULL,
+    config_key TEXT NOT NULL,
+    batch INTEGER NOT NULL,
+    {", ".join(f"{name} {decl}" for name, decl in _TELEMETRY_COLUMNS)},
+    PRIMARY KEY (run_id, batch)
+);
+CREATE INDEX telemetry_config_key ON telemetry (config_key);
+"""
 _KEY_COLUMNS = ("config_key", "path", "member")
 
 _SCHEMA = f"""
@@ -91,7 +128,14 @@ CREATE TABLE results (
     UNIQUE (config_key, path, member)
 );
 CREATE INDEX results_verdict ON results (config_key, verdict);
-"""
+""" + _TELEMETRY_SCHEMA
+
+
+def _execute_script(conn: sqlite3.Connection, script: str) -> None:
+    """Statement by statement: executescript would COMMIT the open transaction."""
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(statement)
 
 
 class StoreError(Exception):
@@ -242,10 +286,10 @@ class ResultStore:
                 ).fetchall()
                 if tables:
                     raise StoreError(f"{self.path} is an SQLite file but not a results database")
-                # statement by statement: executescript would COMMIT our transaction
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
+                _execute_script(conn, _SCHEMA)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version == 1:  # schema 2 only adds the telemetry table
+                _execute_script(conn, _TELEMETRY_SCHEMA)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:
                 raise SchemaVersionError(
@@ -374,6 +418,48 @@ class ResultStore:
                     row["resized"] = bool(row["resized"])
                 yield row
 
+    # -- telemetry -------------------------------------------------------------------------
+    def write_telemetry(self, run_id: str, config_key: str, record: Mapping[str, Any]) -> None:
+        """Store what one batch of run ``run_id`` cost (keys in `TELEMETRY_KEYS`; ``batch``
+        required); a record for the same (run, batch) replaces it."""
+        unknown = set(record) - set(TELEMETRY_KEYS)
+        if unknown or record.get("batch") is None:
+            raise StoreError(
+                f"bad telemetry record {dict(record)}: unknown {sorted(unknown)} or no batch"
+            )
+        values: list[Any] = [run_id, config_key]
+        for name, decl in (("batch", "INTEGER"), *_TELEMETRY_COLUMNS):
+            value = utc_now() if name == "recorded" and record.get(name) is None else record.get(name)
+            try:
+                values.append(_coerce(name, decl, value))
+            except (TypeError, ValueError) as e:
+                raise StoreError(f"bad telemetry value for {name!r}: {e}") from e
+        try:
+            self._conn.execute(
+                f"INSERT OR REPLACE INTO telemetry ({_TELEMETRY_LIST}) "
+                f"VALUES ({', '.join('?' * len(values))})",
+                values,
+            )
+        except sqlite3.Error as e:
+            raise StoreError(f"telemetry not written: {e}") from e
+
+    def iter_telemetry(
+        self, config_key: str | None = None, *, run_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Telemetry rows (``run_id``, ``config_key`` plus `TELEMETRY_KEYS`) in the order
+        they were recorded, optionally of one results key or one run."""
+        where, params = [], []
+        for name, value in (("config_key", config_key), ("run_id", run_id)):
+            if value is not None:
+                where.append(f"{name} = ?")
+                params.append(value)
+        sql = f"SELECT {_TELEMETRY_LIST} FROM telemetry"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        names = ("run_id", "config_key", *TELEMETRY_KEYS)
+        rows = self._conn.execute(sql + " ORDER BY rowid", params).fetchall()
+        return [dict(zip(names, r, strict=True)) for r in rows]
+
     def count_by_verdict(self, config_key: str | None = None) -> dict[str, int]:
         """Number of rows per verdict (every verdict present, zero if none)."""
         sql = "SELECT verdict, COUNT(*) FROM results"
@@ -397,9 +483,10 @@ def _shard_keys(path: str) -> dict[str, dict[str, Any]]:
         raise StoreError(f"cannot open shard {path}: {e}") from e
     try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_VERSIONS:
             raise SchemaVersionError(
-                f"shard {path} has results schema version {version}, expected {SCHEMA_VERSION}"
+                f"shard {path} has results schema version {version}, expected one of "
+                f"{READABLE_VERSIONS}"
             )
         keys: dict[str, dict[str, Any]] = {
             k: json.loads(c)
@@ -501,6 +588,14 @@ def merge(dst: str | os.PathLike[str], srcs: Iterable[str | os.PathLike[str]]) -
                         + " WHERE NOT (excluded.verdict = 'error' AND results.verdict != 'error')"
                     )
                     copied += conn.total_changes - before
+                    has_telemetry = conn.execute(
+                        "SELECT 1 FROM shard.sqlite_master WHERE name = 'telemetry'"
+                    ).fetchone()
+                    if has_telemetry:  # a version-1 shard has none
+                        conn.execute(
+                            f"INSERT OR IGNORE INTO telemetry ({_TELEMETRY_LIST}) "
+                            f"SELECT {_TELEMETRY_LIST} FROM shard.telemetry"
+                        )
                     conn.execute("COMMIT")
                 except BaseException:
                     conn.execute("ROLLBACK")

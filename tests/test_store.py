@@ -202,3 +202,57 @@ def test_other_schema_versions_and_foreign_databases_are_refused(tmp_path):
         conn.execute("CREATE TABLE things (x)")
     with pytest.raises(StoreError, match="not a results database"):
         ResultStore(foreign)
+
+
+def make_v1_database(path, rows) -> str:
+    """A schema-1 database (before telemetry): runs and results only."""
+    with ResultStore(path) as store:
+        run = store.start_run(CONFIG)
+        store.write_batch(run.config_key, rows, run_id=run.run_id)
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE telemetry")
+        conn.execute("PRAGMA user_version = 1")
+    return run.config_key
+
+
+def test_telemetry_rows_are_written_read_and_merged(tmp_path):
+    record = {"batch": 0, "images": 8, "images_per_call": 4, "calls": 2, "oom_splits": 0,
+              "steps_run": np.int64(120), "steps_budget": 160, "seconds": np.float32(2.0),
+              "images_per_s": 4.0, "memory_bytes": 1 << 20, "memory_peak_bytes": None,
+              "memory_source": "process-rss"}
+    shard = tmp_path / "shard.db"
+    with ResultStore(shard) as store:
+        run = store.start_run(CONFIG)
+        store.write_batch(run.config_key, [row("/a.png")], run_id=run.run_id)
+        store.write_telemetry(run.run_id, run.config_key, record)
+        store.write_telemetry(run.run_id, run.config_key, {**record, "batch": 1, "images": 3})
+        store.write_telemetry(run.run_id, run.config_key, {**record, "batch": 1, "images": 5})
+        got = store.iter_telemetry(run.config_key)
+        with pytest.raises(StoreError, match="unknown"):
+            store.write_telemetry(run.run_id, run.config_key, {**record, "speed": 1})
+        with pytest.raises(StoreError, match="no batch"):
+            store.write_telemetry(run.run_id, run.config_key, {"images": 1})
+    assert [(t["batch"], t["images"]) for t in got] == [(0, 8), (1, 5)]  # (run, batch) replaced
+    assert got[0]["steps_run"] == 120 and got[0]["seconds"] == 2.0
+    assert got[0]["memory_peak_bytes"] is None and got[0]["recorded"]  # filled in
+    assert got[0]["run_id"] == run.run_id and got[0]["memory_source"] == "process-rss"
+    merged = tmp_path / "all.db"
+    merge(merged, [shard])
+    merge(merged, [shard])  # again: no duplicates
+    with ResultStore(merged) as store:
+        assert store.iter_telemetry(run_id=run.run_id) == got
+
+
+def test_a_schema_1_database_is_read_merged_and_upgraded(tmp_path):
+    old = tmp_path / "old.db"
+    key = make_v1_database(old, [row("/a.png"), row("/b.png", "non-belonging")])
+    merged = tmp_path / "merged.db"
+    assert merge(merged, [old]) == 2  # read as it is
+    with sqlite3.connect(old) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    with ResultStore(old) as store:  # opened for writing: upgraded, nothing else changes
+        assert store.count_by_verdict(key) == {"belonging": 1, "non-belonging": 1, "error": 0}
+        assert store.iter_telemetry() == []
+        store.write_telemetry(store.runs()[0].run_id, key, {"batch": 0, "images": 2})
+    with sqlite3.connect(old) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
