@@ -15,6 +15,13 @@ The pipeline of DESIGN.md in one function, :func:`run_audit`::
   ``error_kind='internal'`` and the run goes on.
 * Stoppable: ``stop`` (a :class:`threading.Event`) is checked after each committed batch, so
   Ctrl-C in the CLI ends the run cleanly with every finished batch stored.
+* Memory-bounded: a batch goes to the engine in calls that fit (:mod:`ronan_jax.batch_sizing`):
+  sized from the device's free memory where the backend reports it, halved on an
+  out-of-memory error down to one image; an image that alone does not fit is an error row
+  (``error_kind='out-of-memory'``). The size used is recorded with the run (``info.batch_sizing``),
+  per batch in the telemetry and in the summary.
+* Telemetry: one row per batch in the store's ``telemetry`` table (:mod:`ronan_jax.telemetry`):
+  images, batch size used, steps run against the full budget, images/s, memory in use.
 * Evidence (``evidence_dir``): per image an ``.npz`` named by the SHA-256 of its bytes with
   float32 ``image``, ``reconstruction``, ``best_input`` (the reverse-engineered input) and,
   when calibrated, ``ref_reconstruction`` and ``ref_best_input``; its path is in the row.
@@ -40,12 +47,15 @@ from typing import Any, TextIO
 import numpy as np
 
 from ronan_jax.attribute import BELONGING, DIVERGED, NON_BELONGING, Attribution, attribute
+from ronan_jax.batch_sizing import BatchSizer, engine_images_per_call, run_fitting
+from ronan_jax.batch_sizing import plan as plan_batches
 from ronan_jax.config import InversionConfig
 from ronan_jax.generator import Generator
 from ronan_jax.io import DEFAULT_MAX_PIXELS, Batch, Batcher, iter_records
 from ronan_jax.parallel import ProcessShard
 from ronan_jax.profile import Profile, ProfileMismatchError, check_compatible, library_versions
 from ronan_jax.store import ROW_KEYS, ResultStore, utc_now
+from ronan_jax.telemetry import BatchTelemetry, WorkSummary, memory_in_use, step_counts
 
 AUDIT_FORMAT = 1
 """Version of the audit's result semantics; part of every run's config key."""
@@ -138,11 +148,24 @@ class AuditSummary:
     stopped: bool
     totals: dict[str, int]
     evidence_dir: str | None = None
+    inverted: int = 0
+    steps_run: int = 0
+    steps_budget: int = 0
+    batch_sizing: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def judged(self) -> int:
         """Images that got a belonging / non-belonging verdict in this run."""
         return self.belonging + self.non_belonging
+
+    @property
+    def work(self) -> WorkSummary:
+        """Steps run against the full budget (images x restarts x steps per inversion) and
+        the engine's throughput; :meth:`WorkSummary.describe` words it."""
+        return WorkSummary(
+            self.batches, self.inverted, self.steps_run, self.steps_budget, self.attribute_s,
+            self.batch_sizing.get("images_per_call"), int(self.batch_sizing.get("oom_splits", 0)),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "judged": self.judged}
@@ -316,51 +339,68 @@ def _judge_batch(
     profile: Profile,
     config: InversionConfig,
     evidence_dir: Path | None,
-) -> tuple[list[dict[str, Any]], float]:
-    """Rows for one batch (judged images and error rows, in input order), and the seconds
-    spent in :func:`attribute`."""
+    sizer: BatchSizer | None = None,
+) -> tuple[list[dict[str, Any]], float, tuple[int, int, int]]:
+    """Rows for one batch (judged images and error rows, in input order), the seconds
+    spent in :func:`attribute`, and (images inverted, steps run, full step budget).
+
+    The images go to :func:`attribute` in calls that fit in memory (``sizer``, see
+    :func:`ronan_jax.batch_sizing.run_fitting`); a call that fails for another reason marks
+    its images ``error_kind='internal'`` (one bad call must not stop a million-image audit).
+    """
     rows: list[tuple[int, dict[str, Any]]] = []
     seconds = 0.0
+    inverted = steps_run = steps_budget = 0
     if batch.items:
+        sizer = sizer or BatchSizer(engine_images_per_call(config), config.restarts)
         started = utc_now()
         t0 = time.perf_counter()
-        att: Attribution | None = None
-        failure = ""
-        try:
-            att = attribute(batch.images, model, reference, profile, config)
-        except ProfileMismatchError:
-            raise  # a configuration error, checked before the run: not a per-image error
-        except Exception as exc:  # one bad batch must not stop a million-image audit
-            failure = f"{type(exc).__name__}: {exc}"
+        pieces = run_fitting(
+            lambda lo, hi, cfg: attribute(batch.images[lo:hi], model, reference, profile, cfg),
+            len(batch.items),
+            config,
+            sizer,
+            fatal=(ProfileMismatchError,),  # a configuration error: not a per-image error
+        )
         seconds = time.perf_counter() - t0
         finished = utc_now()
         share = seconds / len(batch.items)
-        for i, item in enumerate(batch.items):
-            row = item.row_fields()
-            row.update(started=started, finished=finished, seconds=share)
-            if att is None:
-                row.update(verdict=DIVERGED, error_kind="internal", error=failure)
-            else:
-                verdict = str(att.verdict[i])
-                row.update(
-                    loss=_finite(att.loss[i]),
-                    ref_loss=None if att.ref_loss is None else _finite(att.ref_loss[i]),
-                    calibrated_loss=_finite(att.calibrated_loss[i]),
-                    z=_finite(att.z[i]),
-                    critical_value=_finite(att.critical_value[i]),
-                    p_value=_finite(att.p_value[i]),
-                    verdict=verdict,
+        for piece in pieces:
+            att: Attribution | None = piece.value
+            if att is not None:
+                inverted += piece.hi - piece.lo
+                run, budget = step_counts(
+                    (att.model_result, att.reference_result), config.restarts, config.steps
                 )
-                if verdict == DIVERGED:
-                    row.update(error_kind="diverged", error=_diverged_message(att, i))
-                elif evidence_dir is not None and item.sha256:
-                    path = save_evidence(evidence_dir, item.sha256, batch.images[i], att, i)
-                    row["evidence_path"] = str(path)
-            rows.append((item.index, row))
+                steps_run += run
+                steps_budget += budget
+            for i, item in enumerate(batch.items[piece.lo : piece.hi]):
+                row = item.row_fields()
+                row.update(started=started, finished=finished, seconds=share)
+                if att is None:
+                    row.update(verdict=DIVERGED, error_kind=piece.error_kind, error=piece.error)
+                else:
+                    verdict = str(att.verdict[i])
+                    row.update(
+                        loss=_finite(att.loss[i]),
+                        ref_loss=None if att.ref_loss is None else _finite(att.ref_loss[i]),
+                        calibrated_loss=_finite(att.calibrated_loss[i]),
+                        z=_finite(att.z[i]),
+                        critical_value=_finite(att.critical_value[i]),
+                        p_value=_finite(att.p_value[i]),
+                        verdict=verdict,
+                    )
+                    if verdict == DIVERGED:
+                        row.update(error_kind="diverged", error=_diverged_message(att, i))
+                    elif evidence_dir is not None and item.sha256:
+                        image = batch.images[piece.lo + i]
+                        path = save_evidence(evidence_dir, item.sha256, image, att, i)
+                        row["evidence_path"] = str(path)
+                rows.append((item.index, row))
     for item in batch.failed:
         rows.append((item.index, item.row_fields()))
     rows.sort(key=lambda r: r[0])
-    return [r for _, r in rows], seconds
+    return [r for _, r in rows], seconds, (inverted, steps_run, steps_budget)
 
 
 def run_audit(
@@ -405,7 +445,11 @@ def run_audit(
         (:meth:`ProcessShard.owns`) are judged; recorded with the run (not in its key, so
         the shards' databases merge).
 
-    Returns an :class:`AuditSummary`; errors in images are counted, not raised.
+    Returns an :class:`AuditSummary`; errors in images are counted, not raised. The number
+    of images per engine call is found by :func:`ronan_jax.batch_sizing.plan` (device
+    memory) and lowered on out-of-memory errors; it is recorded with the run
+    (``info.batch_sizing``: the starting size), per batch in the store's telemetry and in
+    the summary (the size at the end).
     """
     t_start = time.perf_counter()
     check_compatible(profile, model, reference, config)
@@ -415,6 +459,8 @@ def run_audit(
             f"{tuple(model.output_shape)}"
         )
     batch_size = batch_size or default_batch_size(config)
+    sizer = plan_batches(model, reference, config)
+    info = {**(info or {}), "batch_sizing": sizer.to_dict()}
     run = store.start_run(
         run_config(
             model,
@@ -451,6 +497,7 @@ def run_audit(
     error_kinds: Counter[str] = Counter()
     processed = batches = 0
     attribute_s = 0.0
+    inverted = steps_run = steps_budget = 0
     stopped = False
 
     def report() -> None:
@@ -483,9 +530,16 @@ def run_audit(
         workers=workers,
     ) as batcher:
         for batch in batcher:
-            rows, seconds = _judge_batch(batch, model, reference, profile, config, folder)
+            calls, splits = sizer.calls, sizer.oom_splits
+            rows, seconds, work = _judge_batch(batch, model, reference, profile, config, folder, sizer)
             store.write_batch(run.config_key, rows, run_id=run.run_id)
+            store.write_telemetry(
+                run.run_id, run.config_key, _batch_telemetry(batches, work, seconds, sizer, calls, splits)
+            )
             attribute_s += seconds
+            inverted += work[0]
+            steps_run += work[1]
+            steps_budget += work[2]
             batches += 1
             processed += len(rows)
             for row in rows:
@@ -514,7 +568,34 @@ def run_audit(
         stopped=stopped,
         totals=store.count_by_verdict(run.config_key),
         evidence_dir=None if folder is None else str(folder),
+        inverted=inverted,
+        steps_run=steps_run,
+        steps_budget=steps_budget,
+        batch_sizing=sizer.to_dict(),
     )
+
+
+def _batch_telemetry(
+    index: int, work: tuple[int, int, int], seconds: float, sizer: BatchSizer, calls: int, splits: int
+) -> dict[str, Any]:
+    """The telemetry row of batch ``index``; ``calls`` and ``splits`` are the sizer's
+    counters before the batch."""
+    images, run, budget = work
+    memory, peak, source = memory_in_use()
+    return BatchTelemetry(
+        batch=index,
+        images=images,
+        images_per_call=sizer.images_per_call,
+        calls=sizer.calls - calls,
+        oom_splits=sizer.oom_splits - splits,
+        steps_run=run,
+        steps_budget=budget,
+        seconds=seconds,
+        images_per_s=images / seconds if seconds > 0 else 0.0,
+        memory_bytes=memory,
+        memory_peak_bytes=peak,
+        memory_source=source,
+    ).to_row()
 
 
 # -- results out: export, labels ------------------------------------------------------------

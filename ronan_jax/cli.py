@@ -291,6 +291,8 @@ def summary_paragraph(summary: AuditSummary, model: str, settings: str) -> str:
     ]
     if summary.skipped:
         parts.append(f"{_plural(summary.skipped, 'input')} already done were skipped (resume).")
+    if summary.steps_budget:
+        parts.append(summary.work.describe())
     t = summary.totals
     parts.append(
         f"Results are in {summary.db_path} (run {summary.run_id[:12]}); all rows of these "
@@ -769,7 +771,20 @@ def _write_report(rows: list[dict[str, Any]], chosen: Any, runs: list[Any], labe
         "latest run": f"{chosen.run_id} ({chosen.created})",
         "versions": config.get("versions"),
     }
+    work = _work_note(db, chosen.config_key)
+    if work:
+        meta["inversion work"] = work
     return render_report(rows, profile, meta, labels, out_path=out_path)
+
+
+def _work_note(db: str, config_key: str) -> str | None:
+    """The telemetry of every run of ``config_key`` in one sentence (None without any)."""
+    from ronan_jax.store import ResultStore
+    from ronan_jax.telemetry import summarize
+
+    with ResultStore(db) as store:
+        work = summarize(store.iter_telemetry(config_key))
+    return work.describe() if work.steps_budget else None
 
 
 @cli.command()

@@ -1,0 +1,287 @@
+"""Memory-bounded batching: how many images one engine call may take, found automatically.
+
+A :class:`BatchSizer` holds the number of images per engine call for one run. It starts from
+
+1. the engine's own size (``InversionConfig.max_batch`` // restarts, per device), and
+2. where the backend reports device memory (GPU/TPU: ``device.memory_stats()`` with
+   ``bytes_limit``), the number of images that fit in the free memory: the inversion step is
+   compiled for one image and its memory analysis gives the bytes per image
+   (:func:`estimate_images_per_call`); the size is rounded down to a power of two, the
+   shapes the engine pads to;
+
+and :func:`run_fitting` keeps it honest: a call that fails with an out-of-memory error
+(XLA's ``RESOURCE_EXHAUSTED``) is split in halves and retried, down to one image, and the
+smaller size is kept for the rest of the run. Only an image that does not fit alone becomes
+an error (:data:`OUT_OF_MEMORY`); the other images go on.
+
+Splitting never changes results beyond float rounding: an image's random key comes from the
+seed and its content (:func:`ronan_jax.invert.image_key`) and its runs are independent of
+the others in a call, and ``max_batch`` is a speed-only setting (not in
+``InversionConfig.result_settings``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import math
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ronan_jax.config import InversionConfig
+from ronan_jax.generator import Generator
+
+T = TypeVar("T")
+
+OUT_OF_MEMORY = "out-of-memory"
+"""``error_kind`` of an image that does not fit in device memory even alone."""
+INTERNAL = "internal"
+"""``error_kind`` of images whose call failed for another reason than memory."""
+
+SAFETY = 0.8
+"""Share of the free device memory a call may plan to use (the rest: fragmentation, the
+outer run table, the reconstruction)."""
+
+_OOM_MARKERS = ("RESOURCE_EXHAUSTED", "out of memory", "OOM when allocating")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says the device (or host) ran out of memory: XLA's
+    ``JaxRuntimeError`` with ``RESOURCE_EXHAUSTED`` / "Out of memory", or ``MemoryError``."""
+    if isinstance(exc, MemoryError):
+        return True
+    if not isinstance(exc, RuntimeError):
+        return False
+    text = str(exc).lower()
+    return any(marker.lower() in text for marker in _OOM_MARKERS)
+
+
+def engine_images_per_call(config: InversionConfig, devices: int = 1, backend: str | None = None) -> int:
+    """Images per call the engine takes by itself: ``max_batch`` (or the backend default)
+    // restarts, per device (as :func:`ronan_jax.invert.invert` chunks)."""
+    from ronan_jax.invert import default_max_batch
+
+    max_batch = config.max_batch or default_max_batch(backend)
+    return max(1, max_batch // config.restarts) * max(1, devices)
+
+
+def _floor_pow2(n: int) -> int:
+    return 1 << (max(1, int(n)).bit_length() - 1)
+
+
+@dataclasses.dataclass
+class BatchSizer:
+    """The images per engine call of one run, learnt as it goes (one per run, mutable).
+
+    ``cap`` None means "the engine's own size" (nothing learnt); ``source`` says where the
+    size came from: ``"engine"`` (config or backend default), ``"device-memory"`` (estimated
+    from the device's memory) or ``"out-of-memory"`` (halved after an out-of-memory error).
+    ``calls`` counts engine calls tried, ``oom_splits`` the calls split after running out of
+    memory.
+    """
+
+    engine_images: int
+    restarts: int
+    devices: int = 1
+    cap: int | None = None
+    source: str = "engine"
+    calls: int = 0
+    oom_splits: int = 0
+    notes: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def images_per_call(self) -> int:
+        """The most images one call takes now."""
+        return self.engine_images if self.cap is None else min(self.cap, self.engine_images)
+
+    def config_for(self, config: InversionConfig) -> InversionConfig:
+        """``config`` with ``max_batch`` lowered so one engine call holds at most
+        :attr:`images_per_call` images (unchanged while nothing was learnt)."""
+        if self.cap is None or self.cap >= self.engine_images:
+            return config
+        per_device = max(1, math.ceil(self.cap / self.devices))
+        return config.replace(max_batch=per_device * config.restarts)
+
+    def shrink(self, images: int) -> None:
+        """Take at most ``images`` per call from now on (after an out-of-memory error)."""
+        images = max(1, images)
+        if images < self.images_per_call:
+            self.cap = images
+            self.source = OUT_OF_MEMORY
+
+    def to_dict(self) -> dict[str, Any]:
+        """What a run records: the size used, where it came from, the splits."""
+        return {
+            "images_per_call": self.images_per_call,
+            "source": self.source,
+            "engine_images_per_call": self.engine_images,
+            "devices": self.devices,
+            "oom_splits": self.oom_splits,
+            **self.notes,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Piece(Generic[T]):
+    """The outcome of images ``lo:hi``: ``value`` of the call, or ``error`` (message) and
+    ``error_kind`` (:data:`OUT_OF_MEMORY` or :data:`INTERNAL`)."""
+
+    lo: int
+    hi: int
+    value: T | None = None
+    error: str | None = None
+    error_kind: str | None = None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def run_fitting(
+    fn: Callable[[int, int, InversionConfig], T],
+    n: int,
+    config: InversionConfig,
+    sizer: BatchSizer,
+    fatal: tuple[type[BaseException], ...] = (),
+) -> list[Piece[T]]:
+    """Call ``fn(lo, hi, config)`` over images ``0:n`` in calls that fit in memory.
+
+    Calls hold at most ``sizer.images_per_call`` images (all ``n`` while nothing is learnt,
+    the engine chunks them itself) and get ``sizer.config_for(config)``. A call that runs
+    out of memory is split in halves of what the device was given and retried; the sizer
+    keeps the smaller size. An image that alone runs out of memory becomes an
+    :data:`OUT_OF_MEMORY` piece; a call failing otherwise an :data:`INTERNAL` piece, except
+    exceptions of the ``fatal`` types, which propagate. Pieces come back in image order.
+    """
+    out: list[Piece[T]] = []
+    pending: deque[tuple[int, int]] = deque([(0, n)] if n else [])
+    while pending:
+        lo, hi = pending.popleft()
+        if sizer.cap is not None and hi - lo > sizer.images_per_call:
+            step = sizer.images_per_call
+            pending.extendleft(reversed([(a, min(a + step, hi)) for a in range(lo, hi, step)]))
+            continue
+        sizer.calls += 1
+        try:
+            value = fn(lo, hi, sizer.config_for(config))
+        except fatal:
+            raise
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                out.append(Piece(lo, hi, error=f"{type(exc).__name__}: {exc}", error_kind=INTERNAL))
+                continue
+            message = _first_line(exc)
+            del exc
+            gc.collect()  # drop the failed call's buffers before retrying
+            tried = min(hi - lo, sizer.images_per_call)
+            if tried <= 1:
+                out.append(Piece(lo, hi, error=(
+                    f"this image alone (one call of {config.restarts} restarts) does not fit "
+                    f"in device memory: {message}"), error_kind=OUT_OF_MEMORY))
+                sizer.shrink(1)
+                continue
+            sizer.oom_splits += 1
+            sizer.shrink(math.ceil(tried / 2))
+            pending.appendleft((lo, hi))  # re-split at the new size
+            continue
+        out.append(Piece(lo, hi, value=value))
+    return out
+
+
+# -- device memory ----------------------------------------------------------------------------
+
+
+def device_memory(device: Any = None) -> dict[str, int] | None:
+    """The device's ``memory_stats()`` (``bytes_limit``, ``bytes_in_use``, ...) where its
+    backend reports them (GPU, TPU), else None (CPU)."""
+    device = device or jax.local_devices()[0]
+    try:
+        stats = device.memory_stats()
+    except Exception:  # backends without memory statistics
+        return None
+    if not stats or not stats.get("bytes_limit"):
+        return None
+    return {k: int(v) for k, v in stats.items() if isinstance(v, int | float)}
+
+
+def _tree_bytes(tree: Any) -> int:
+    return sum(
+        int(np.prod(leaf.shape)) * jnp.dtype(leaf.dtype).itemsize
+        for leaf in jax.tree_util.tree_leaves(tree)
+        if hasattr(leaf, "shape") and not jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+    )
+
+
+def per_image_bytes(generator: Generator, config: InversionConfig) -> int:
+    """Device bytes one image (its ``restarts`` runs) needs in one call: the compiled
+    inversion step's memory analysis for one image (arguments, outputs, temporaries) minus
+    the resident parameters, plus the run table the call is gathered from."""
+    from ronan_jax.invert import compiled_program, resolve_loop
+
+    program = compiled_program(generator, config)
+    keys = jnp.stack([jax.random.key(0)])
+    state = jax.eval_shape(lambda k: program.init(program.start(k)), keys)
+    runs = config.restarts  # the step sees one target (and condition) row per run
+    targets = jax.ShapeDtypeStruct((runs, *generator.output_shape), jnp.float32)
+    cond = None if generator.condition is None else jax.eval_shape(lambda: generator.batched_condition(runs))
+    # the first step segment, as invert cuts them (at check_every and, chunked, every unroll)
+    piece = config.unroll if resolve_loop(config.loop) == "chunked" else config.check_every
+    k = min(piece, config.check_every, config.steps)
+    compiled = program.advance.lower(state, generator.params, targets, cond, k, k == config.steps).compile()
+    stats = compiled.memory_analysis()
+    total = (
+        stats.argument_size_in_bytes
+        + stats.output_size_in_bytes
+        - stats.alias_size_in_bytes
+        + stats.temp_size_in_bytes
+    )
+    return max(1, int(total) - _tree_bytes(generator.params) + _tree_bytes(state))
+
+
+def estimate_images_per_call(
+    generators: list[Generator], config: InversionConfig, free_bytes: int, limit: int
+) -> tuple[int, int]:
+    """(images per call, bytes per image): as many images as ``SAFETY * free_bytes`` holds
+    for the hungriest of ``generators``, rounded down to a power of two, in ``[1, limit]``."""
+    need = max(per_image_bytes(g, config) for g in generators)
+    fit = int(SAFETY * free_bytes) // need
+    return min(limit, _floor_pow2(max(1, fit))), need
+
+
+def plan(
+    model: Generator,
+    reference: Generator | None,
+    config: InversionConfig,
+    memory: Callable[[], dict[str, int] | None] = device_memory,
+) -> BatchSizer:
+    """The sizer a run starts with: the engine's size, lowered to what the device's free
+    memory holds where the backend reports it (the estimate failing leaves the engine's)."""
+    from ronan_jax.parallel import device_count
+
+    try:
+        devices = device_count(config.devices)
+    except ValueError:
+        devices = 1
+    sizer = BatchSizer(engine_images_per_call(config, devices), config.restarts, devices)
+    stats = memory()
+    if stats is None:
+        return sizer
+    free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+    gens = [model] if reference is None else [model, reference.for_shape(tuple(model.output_shape))]
+    per_device = max(1, sizer.engine_images // devices)
+    try:
+        images, need = estimate_images_per_call(gens, config, free, per_device)
+    except Exception as exc:  # an estimate must never stop a run; halving still guards it
+        sizer.notes["memory_estimate_error"] = _first_line(exc)
+        return sizer
+    sizer.notes.update(bytes_limit=stats["bytes_limit"], bytes_free=free, bytes_per_image=need)
+    if images * devices < sizer.engine_images:
+        sizer.cap = images * devices
+        sizer.source = "device-memory"
+    return sizer
