@@ -1,11 +1,12 @@
 """Speed of ronan-jax against the authors' per-image PyTorch loop, on the same DCGAN weights.
 
-    python -m benchmarks.speed [--quick] [--decisions] [--model dcgan-mnist|random-ngf64]
+    python -m benchmarks.speed [--quick] [--decisions | --no-decisions] [--model dcgan-mnist|random-ngf64]
                                [--batches 1,8,64,256] [--steps N] [--out results.json]
 
 Expected runtime: ``--quick`` under 3 minutes on 2 CPU cores at load 2-3; the full run about
 an hour on such a machine (timing at 200 steps, 100 + 100 decision images, every batch size;
-``--reps 2`` saves about a sixth); ``--decisions`` the decision part only. With ``--out`` the
+``--reps 2`` saves about a sixth); ``--decisions`` the decision part only, ``--no-decisions``
+the timing table only. With ``--out`` the
 JSON is rewritten after every timing round and every decision run (``"complete": false``
 until the end), so a run stopped part-way keeps what it measured.
 
@@ -16,7 +17,8 @@ What is measured, all side by side in ONE process (repetitions interleaved, best
   weights ronan-jax uses (outputs checked to agree to 1e-4 first); eager with
   ``torch.set_num_threads(os.cpu_count())`` and, on CPU, eager with 1 thread too (on a shared
   2-core machine the 2-thread OpenMP loop can be much slower); ``torch.compile`` in the full
-  run (skipped in ``--quick``: its compilation alone takes about a minute on 2 cores).
+  run, likewise at all threads and, on CPU, 1 thread (skipped in ``--quick``: its first call
+  alone takes 10 s to a minute on 2 cores).
 - **ronan-jax** at B images per call (``max_batch = B * R``), float32 and bfloat16.
 - Each figure: seconds per image of an S-step run after a warm-up call of the same shapes
   (nothing subtracted: the per-call set-up, hashing and transfers are included), then
@@ -94,6 +96,7 @@ class Settings:
 
     quick: bool
     decisions_only: bool
+    skip_decisions: bool
     model: str
     impl: str
     batches: tuple[int, ...]
@@ -137,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--quick", action="store_true", help="short run (fewer steps, B <= 64, 20 + 20 decision images)")
     ap.add_argument("--decisions", action="store_true", help="only the equal-decision part (and its baseline)")
+    ap.add_argument("--no-decisions", action="store_true", help="only the timing table (no equal-decision part)")
     ap.add_argument("--model", default="dcgan-mnist", choices=MODELS)
     ap.add_argument("--impl", default=None, choices=["lax", "subpixel", "gemm"],
                     help="transposed-convolution formulation of the JAX model (default: the model's own)")
@@ -166,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str] | None = None) -> Settings:
     """Parse the command line into resolved :class:`Settings`."""
     args = build_parser().parse_args(argv)
+    if args.decisions and args.no_decisions:
+        raise SystemExit("--decisions and --no-decisions exclude each other")
     quick = args.quick
     batches = args.batches or ((1, 8, 64) if quick else (1, 8, 64, 256))
     quick_bf16 = tuple(b for b in batches if b == 8) or batches[:1]
@@ -182,6 +188,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     return Settings(
         quick=quick,
         decisions_only=args.decisions,
+        skip_decisions=args.no_decisions,
         model=args.model,
         impl=args.impl,
         batches=tuple(batches),
@@ -618,7 +625,8 @@ def _fmt_bytes(n: int | None) -> str:
 
 class TorchBench:
     """The baseline: the exported generator (checked against the JAX one) and its inverters:
-    eager at ``os.cpu_count()`` threads, eager at 1 thread (CPU only), ``torch.compile``."""
+    eager at ``os.cpu_count()`` threads, eager at 1 thread (CPU only), ``torch.compile`` at
+    both thread counts."""
 
     def __init__(self, model: Model, settings: Settings, image: np.ndarray, log: Callable[[str], None]) -> None:
         import torch
@@ -678,6 +686,8 @@ class TorchBench:
             inverters.append(("torch eager 1t", self.eager, 1))
         if self.compiled is not None:
             inverters.append((f"torch compiled {self.threads}t", self.compiled, self.threads))
+            if self.device.type == "cpu" and self.threads > 1:
+                inverters.append(("torch compiled 1t", self.compiled, 1))
         for name, inv, n in inverters:
             out.append(
                 Variant(
@@ -802,8 +812,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results["decisions"] = part
         save()
 
-    decisions, decision_baseline = _decisions(model, settings, timing, bench, log, decisions_so_far)
-    results["decisions"] = decisions
+    decisions: dict[str, Any] | None = None
+    decision_baseline: list[Variant] = []
+    if not settings.skip_decisions:
+        decisions, decision_baseline = _decisions(model, settings, timing, bench, log, decisions_so_far)
+        results["decisions"] = decisions
 
     # ---- summary: the ratios last
     results["wall_s"] = time.perf_counter() - t_start
@@ -824,7 +837,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "speedup": base_s / best.per_image,
             "speedup_vs_each_baseline": {v.name: v.per_image / best.per_image for v in torch_timed},
         }
-    summary["equal_decisions"] = decisions["summary"]
+    if decisions is not None:
+        summary["equal_decisions"] = decisions["summary"]
     results["summary"] = summary
     if settings.out:
         save(final=True)
@@ -837,10 +851,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             f"{s['baseline_s_per_image_1500']:.2f} s/image at {SPEC_STEPS} steps (timed at {settings.steps}; "
             f"float32; baseline = best of its {s['baseline_runs']} timed runs in this process; "
             f"timing-table ratios: {each})")
-    log(decisions["summary"]["line_detail"])
+    if decisions is not None:
+        log(decisions["summary"]["line_detail"])
     if "equal_work" in summary:
         log(f"speed-up: {summary['equal_work']['speedup']:.2f}x")
-    log(decisions["summary"]["line"])
+    if decisions is not None:
+        log(decisions["summary"]["line"])
     return results
 
 

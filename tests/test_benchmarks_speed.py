@@ -177,3 +177,10 @@ def test_early_stopping_defaults_halve_to_one_restart():
         # every fraction lands on its own check, so all three halvings happen
         marks = {max(cfg.check_every, round(f * cfg.steps / cfg.check_every) * cfg.check_every) for f in cfg.halving_at}
         assert len(marks) == 3 and max(marks) < cfg.steps
+
+
+def test_timing_only_and_decisions_only_exclude_each_other():
+    assert speed.parse_args(["--no-decisions"]).skip_decisions
+    assert not speed.parse_args([]).skip_decisions
+    with pytest.raises(SystemExit):
+        speed.parse_args(["--decisions", "--no-decisions"])
