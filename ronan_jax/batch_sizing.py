@@ -5,9 +5,9 @@ A :class:`BatchSizer` holds the number of images per engine call for one run. It
 1. the engine's own size (``InversionConfig.max_batch`` // restarts, per device), and
 2. where the backend reports device memory (GPU/TPU: ``device.memory_stats()`` with
    ``bytes_limit``), the number of images that fit in the free memory: the inversion step is
-   compiled for one image and its memory analysis gives the bytes per image
-   (:func:`estimate_images_per_call`); the size is rounded down to a power of two, the
-   shapes the engine pads to;
+   compiled for one and for eight images and its memory analysis gives the fixed bytes and
+   the bytes per image (:func:`per_image_bytes`); the size is rounded down to a power of
+   two, the shapes the engine pads to;
 
 and :func:`run_fitting` keeps it honest: a call that fails with an out-of-memory error
 (XLA's ``RESOURCE_EXHAUSTED``) is split in halves and retried, down to one image, and the
@@ -218,16 +218,16 @@ def _tree_bytes(tree: Any) -> int:
     )
 
 
-def per_image_bytes(generator: Generator, config: InversionConfig) -> int:
-    """Device bytes one image (its ``restarts`` runs) needs in one call: the compiled
-    inversion step's memory analysis for one image (arguments, outputs, temporaries) minus
-    the resident parameters, plus the run table the call is gathered from."""
+def call_bytes(generator: Generator, config: InversionConfig, images: int) -> int:
+    """Device bytes one inversion call of ``images`` images needs besides the resident
+    parameters: the compiled step's memory analysis (arguments, outputs, temporaries) plus
+    the run table the call is gathered from. Compiles the step for that shape."""
     from ronan_jax.invert import compiled_program, resolve_loop
 
     program = compiled_program(generator, config)
-    keys = jnp.stack([jax.random.key(0)])
+    keys = jnp.stack([jax.random.key(i) for i in range(images)])
     state = jax.eval_shape(lambda k: program.init(program.start(k)), keys)
-    runs = config.restarts  # the step sees one target (and condition) row per run
+    runs = images * config.restarts  # the step sees one target (and condition) row per run
     targets = jax.ShapeDtypeStruct((runs, *generator.output_shape), jnp.float32)
     cond = None if generator.condition is None else jax.eval_shape(lambda: generator.batched_condition(runs))
     # the first step segment, as invert cuts them (at check_every and, chunked, every unroll)
@@ -244,14 +244,26 @@ def per_image_bytes(generator: Generator, config: InversionConfig) -> int:
     return max(1, int(total) - _tree_bytes(generator.params) + _tree_bytes(state))
 
 
+def per_image_bytes(generator: Generator, config: InversionConfig, probe: int = 8) -> tuple[int, int]:
+    """(fixed bytes, bytes per image) of one call: a line through :func:`call_bytes` at one
+    and ``probe`` images (two compiles), so fixed workspace is not counted per image."""
+    one = call_bytes(generator, config, 1)
+    many = call_bytes(generator, config, probe)
+    per = max(1, math.ceil((many - one) / (probe - 1)))
+    return max(0, one - per), per
+
+
 def estimate_images_per_call(
     generators: list[Generator], config: InversionConfig, free_bytes: int, limit: int
-) -> tuple[int, int]:
-    """(images per call, bytes per image): as many images as ``SAFETY * free_bytes`` holds
-    for the hungriest of ``generators``, rounded down to a power of two, in ``[1, limit]``."""
-    need = max(per_image_bytes(g, config) for g in generators)
-    fit = int(SAFETY * free_bytes) // need
-    return min(limit, _floor_pow2(max(1, fit))), need
+) -> tuple[int, int, int]:
+    """(images per call, fixed bytes, bytes per image): as many images as ``SAFETY *
+    free_bytes`` holds for the hungriest of ``generators`` (fixed and per-image bytes each
+    the largest), rounded down to a power of two, in ``[1, limit]``."""
+    costs = [per_image_bytes(g, config) for g in generators]
+    fixed = max(c[0] for c in costs)
+    per = max(c[1] for c in costs)
+    fit = (int(SAFETY * free_bytes) - fixed) // per
+    return min(limit, _floor_pow2(max(1, fit))), fixed, per
 
 
 def plan(
@@ -276,11 +288,13 @@ def plan(
     gens = [model] if reference is None else [model, reference.for_shape(tuple(model.output_shape))]
     per_device = max(1, sizer.engine_images // devices)
     try:
-        images, need = estimate_images_per_call(gens, config, free, per_device)
+        images, fixed, per = estimate_images_per_call(gens, config, free, per_device)
     except Exception as exc:  # an estimate must never stop a run; halving still guards it
         sizer.notes["memory_estimate_error"] = _first_line(exc)
         return sizer
-    sizer.notes.update(bytes_limit=stats["bytes_limit"], bytes_free=free, bytes_per_image=need)
+    sizer.notes.update(
+        bytes_limit=stats["bytes_limit"], bytes_free=free, bytes_fixed=fixed, bytes_per_image=per
+    )
     if images * devices < sizer.engine_images:
         sizer.cap = images * devices
         sizer.source = "device-memory"

@@ -18,6 +18,7 @@ from ronan_jax.batch_sizing import (
     OUT_OF_MEMORY,
     SAFETY,
     BatchSizer,
+    call_bytes,
     is_out_of_memory,
     per_image_bytes,
     plan,
@@ -137,13 +138,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> TinyWorld:
 
 def test_plan_sizes_calls_from_the_free_device_memory(world):
     model, reference = load_generator(world.model), load_generator(world.reference)
-    need = per_image_bytes(model, CFG)
+    fixed, per = per_image_bytes(model, CFG)
     # the step's own arrays alone: the 16x16 image target and the runs' inputs and Adam state
-    assert need > RESTARTS * (16 * 16 * 4 + 4 * 8 * 4)
-    free = math.ceil(5.5 * need / SAFETY)  # room for 5 images: 4, a power of two
+    assert per > RESTARTS * (16 * 16 * 4 + 4 * 8 * 4) and fixed >= 0
+    assert call_bytes(model, CFG, 4) == pytest.approx(fixed + 4 * per, rel=0.2)
+    free = math.ceil((fixed + 5.5 * per) / SAFETY)  # room for 5 images: 4, a power of two
     sizer = plan(model, reference, CFG, memory=lambda: {"bytes_limit": free + 1000, "bytes_in_use": 1000})
     assert sizer.source == "device-memory" and sizer.images_per_call == 4
-    assert sizer.to_dict()["bytes_per_image"] == need and sizer.to_dict()["bytes_free"] == free
+    assert sizer.to_dict()["bytes_per_image"] == per and sizer.to_dict()["bytes_free"] == free
+    assert sizer.to_dict()["bytes_fixed"] == fixed
     assert sizer.config_for(CFG).max_batch == 4 * RESTARTS
     roomy = plan(model, reference, CFG, memory=lambda: {"bytes_limit": 10**12, "bytes_in_use": 0})
     assert roomy.cap is None and roomy.images_per_call == 64 // RESTARTS  # the CPU default
