@@ -19,7 +19,8 @@ What is measured, all side by side in ONE process (repetitions interleaved, best
   2-core machine the 2-thread OpenMP loop can be much slower); ``torch.compile`` in the full
   run, likewise at all threads and, on CPU, 1 thread (skipped in ``--quick``: its first call
   alone takes 10 s to a minute on 2 cores).
-- **ronan-jax** at B images per call (``max_batch = B * R``), float32 and bfloat16.
+- **ronan-jax** at B images per call (``max_batch = B * R``), float32 and bfloat16 (``--quick``:
+  B = 1 and 8 only; wider calls are slower per image on CPU, the full run times them).
 - Each figure: seconds per image of an S-step run after a warm-up call of the same shapes
   (nothing subtracted: the per-call set-up, hashing and transfers are included), then
   extrapolated linearly to 1500 steps; images/s at 1500 steps; the ratio over the best
@@ -138,20 +139,20 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ap.add_argument("--quick", action="store_true", help="short run (fewer steps, B <= 64, 20 + 20 decision images)")
+    ap.add_argument("--quick", action="store_true", help="short run (fewer steps, B = 1, 8, 20 + 20 decision images)")
     ap.add_argument("--decisions", action="store_true", help="only the equal-decision part (and its baseline)")
     ap.add_argument("--no-decisions", action="store_true", help="only the timing table (no equal-decision part)")
     ap.add_argument("--model", default="dcgan-mnist", choices=MODELS)
     ap.add_argument("--impl", default=None, choices=["lax", "subpixel", "gemm"],
                     help="transposed-convolution formulation of the JAX model (default: the model's own)")
-    ap.add_argument("--batches", type=_int_list, default=None, help="images per call (default 1,8,64,256; quick 1,8,64)")
+    ap.add_argument("--batches", type=_int_list, default=None, help="images per call (default 1,8,64,256; quick 1,8)")
     ap.add_argument("--bf16-batches", type=_int_list, default=None,
                     help="batches also timed in bfloat16 (default: all; quick: 8)")
     ap.add_argument("--steps", type=int, default=None, help="timed steps S, extrapolated to 1500 (default 200; quick 50)")
     ap.add_argument("--decision-steps", type=int, default=None, help="steps of the decision runs (default: --steps)")
     ap.add_argument("--reps", type=int, default=None, help="timed repetitions, best taken (default 3; quick 2)")
     ap.add_argument("--n-decision", type=int, default=None, help="belonging and non-belonging images each (default 100; quick 20)")
-    ap.add_argument("--profile-n", type=int, default=None, help="profile size N (default 100; quick 10)")
+    ap.add_argument("--profile-n", type=int, default=None, help="profile size N (default 100; quick 8: one call of B=8, no extra compile)")
     ap.add_argument("--torch-compile", action=argparse.BooleanOptionalAction, default=None,
                     help="also time torch.compile (default: on, off in --quick)")
     ap.add_argument("--check-every", type=int, default=None,
@@ -173,7 +174,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     if args.decisions and args.no_decisions:
         raise SystemExit("--decisions and --no-decisions exclude each other")
     quick = args.quick
-    batches = args.batches or ((1, 8, 64) if quick else (1, 8, 64, 256))
+    batches = args.batches or ((1, 8) if quick else (1, 8, 64, 256))
     quick_bf16 = tuple(b for b in batches if b == 8) or batches[:1]
     bf16 = args.bf16_batches or (quick_bf16 if quick else batches)
     steps = args.steps or (50 if quick else 200)
@@ -197,7 +198,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         decision_steps=decision_steps,
         reps=args.reps or (2 if quick else 3),
         n_decision=args.n_decision or (20 if quick else 100),
-        profile_n=args.profile_n or (10 if quick else 100),
+        profile_n=args.profile_n or (8 if quick else 100),
         torch_compile=(not quick) if args.torch_compile is None else args.torch_compile,
         check_every=check_every,
         plateau_window=window,

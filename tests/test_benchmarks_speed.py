@@ -86,7 +86,7 @@ def test_torch_baseline_min_loss_separates_generated_from_noise():
 
 def test_cli_quick_and_full_defaults():
     quick = speed.parse_args(["--quick"])
-    assert quick.quick and quick.batches == (1, 8, 64) and quick.bf16_batches == (8,)
+    assert quick.quick and quick.batches == (1, 8) and quick.bf16_batches == (8,)
     assert quick.steps < 1500 and quick.decision_steps == quick.steps
     assert quick.n_decision == 20 and quick.profile_n >= 3 and not quick.torch_compile
     assert quick.plateau_window % quick.check_every == 0
