@@ -15,7 +15,9 @@ a decision stop) ends restarts early. :func:`summarize` adds a run's batches up.
 Memory is the device's ``bytes_in_use`` / ``peak_bytes_in_use`` where the backend reports
 them (``memory_source = "device"``), else this process's resident set size from
 ``/proc/self/status`` (``"process-rss"``: VmRSS and VmHWM) or, without ``/proc``,
-``resource.getrusage`` (``"process-peak-rss"``: the peak only).
+``resource.getrusage`` (``"process-peak-rss"``: the peak only). ``memory_bytes`` is read after
+the batch (its buffers mostly freed); ``memory_peak_bytes`` is the highest since the process
+started, neither source resets it per batch.
 """
 
 from __future__ import annotations
