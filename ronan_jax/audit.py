@@ -189,15 +189,21 @@ def effective_max_batch(config: InversionConfig, backend: str | None = None) -> 
 def default_batch_size(config: InversionConfig | None = None, backend: str | None = None) -> int:
     """Images per batch when the user does not say: small on CPU (rows are committed often
     and the first results come quickly); on accelerators as many images as one device call
-    takes (:func:`effective_max_batch` // restarts)."""
-    if backend is None:
-        import jax
+    takes (:func:`effective_max_batch` // restarts), times the devices the engine splits a
+    batch over, so each device gets a full call."""
+    import jax
 
+    if backend is None:
         backend = jax.default_backend()
     if backend == "cpu":
         return CPU_BATCH_SIZE
     config = config or InversionConfig()
-    return max(1, effective_max_batch(config, backend) // config.restarts)
+    try:
+        local = jax.local_device_count(backend)
+    except RuntimeError:  # that backend is not present here (a planning question)
+        local = 1
+    devices = min(config.devices, local) if getattr(config, "devices", 0) else local
+    return max(1, effective_max_batch(config, backend) // config.restarts) * devices
 
 
 def run_config(

@@ -230,3 +230,16 @@ def test_default_batch_size_per_device():
     assert default_batch_size(InversionConfig(), "cpu") == 16
     assert default_batch_size(InversionConfig(max_batch=256, restarts=8), "gpu") == 32
     assert default_batch_size(InversionConfig(max_batch=4, restarts=8), "gpu") == 1
+
+
+def test_default_batch_size_gives_every_device_a_full_call(monkeypatch):
+    import jax
+
+    from ronan_jax.audit import default_batch_size
+    from ronan_jax.config import InversionConfig
+
+    monkeypatch.setattr(jax, "local_device_count", lambda backend=None: 4)
+    cfg = InversionConfig(max_batch=256, restarts=8)
+    assert default_batch_size(cfg, "gpu") == 4 * 32
+    assert default_batch_size(cfg.replace(devices=2), "gpu") == 2 * 32
+    assert default_batch_size(cfg, "cpu") == 16
