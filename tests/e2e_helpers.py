@@ -105,6 +105,25 @@ def tiny_world(base: Path) -> TinyWorld:
     return world
 
 
+def write_mixed_folder(world: TinyWorld, root: Path, n: int = 8) -> Path:
+    """``n`` belonging (``b-i.png``) and ``n`` non-belonging (``n-i.png``) images in ``root``."""
+    for i in range(n):
+        write_png(root / f"b-{i}.png", world.belonging[i])
+        write_png(root / f"n-{i}.png", world.non_belonging[i])
+    return root
+
+
+def load_engine(world: TinyWorld) -> tuple[Any, Any, Any, Any]:
+    """(model, reference, profile, config) of the tiny world, as an audit loads them."""
+    from ronan_jax.attribute import config_from_profile
+    from ronan_jax.checkpoint import load_generator
+    from ronan_jax.profile import Profile
+
+    profile = Profile.load(world.profile)
+    return (load_generator(world.model), load_generator(world.reference), profile,
+            config_from_profile(profile))
+
+
 def png_bytes(img: np.ndarray) -> bytes:
     """8-bit PNG bytes of a float [0, 1] HxWx1 (or HxW) image."""
     u8 = np.clip(np.rint(np.asarray(img, np.float32) * 255), 0, 255).astype(np.uint8)

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from e2e_helpers import BATCH, TinyWorld, make_tar, png_bytes, tiny_world, write_png
+from e2e_helpers import (
+    BATCH,
+    TinyWorld,
+    load_engine,
+    make_tar,
+    png_bytes,
+    tiny_world,
+    write_mixed_folder,
+)
 
 from ronan_jax import audit as audit_mod
 from ronan_jax.audit import (
@@ -23,7 +31,7 @@ from ronan_jax.audit import (
     run_config,
 )
 from ronan_jax.checkpoint import load_generator
-from ronan_jax.profile import Profile, ProfileMismatchError
+from ronan_jax.profile import ProfileMismatchError
 from ronan_jax.store import ResultStore, make_config_key
 
 
@@ -35,19 +43,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> TinyWorld:
 @pytest.fixture(scope="module")
 def engine(world: TinyWorld):
     """(model, reference, profile, config) of the tiny world."""
-    from ronan_jax.attribute import config_from_profile
-
-    profile = Profile.load(world.profile)
-    return (load_generator(world.model), load_generator(world.reference), profile,
-            config_from_profile(profile))
+    return load_engine(world)
 
 
 @pytest.fixture(scope="module")
 def folder(world: TinyWorld, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("audit-lib")
-    for i in range(8):
-        write_png(root / f"b-{i}.png", world.belonging[i])
-        write_png(root / f"n-{i}.png", world.non_belonging[i])
+    root = write_mixed_folder(world, tmp_path_factory.mktemp("audit-lib"))
     return root
 
 

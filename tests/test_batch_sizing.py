@@ -9,7 +9,14 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from e2e_helpers import BATCH, RESTARTS, TinyWorld, tiny_world, write_png
+from e2e_helpers import (
+    BATCH,
+    RESTARTS,
+    TinyWorld,
+    load_engine,
+    tiny_world,
+    write_mixed_folder,
+)
 
 from ronan_jax import audit as audit_mod
 from ronan_jax.audit import run_audit
@@ -26,7 +33,7 @@ from ronan_jax.batch_sizing import (
 )
 from ronan_jax.checkpoint import load_generator
 from ronan_jax.config import InversionConfig
-from ronan_jax.profile import Profile, ProfileMismatchError
+from ronan_jax.profile import ProfileMismatchError
 from ronan_jax.store import ResultStore
 
 
@@ -159,19 +166,13 @@ def test_plan_sizes_calls_from_the_free_device_memory(world):
 
 @pytest.fixture(scope="module")
 def engine(world: TinyWorld):
-    from ronan_jax.attribute import config_from_profile
-
-    profile = Profile.load(world.profile)
-    return (load_generator(world.model), load_generator(world.reference), profile,
-            config_from_profile(profile))
+    """(model, reference, profile, config) of the tiny world."""
+    return load_engine(world)
 
 
 @pytest.fixture(scope="module")
 def folder(world: TinyWorld, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("batching")
-    for i in range(8):
-        write_png(root / f"b-{i}.png", world.belonging[i])
-        write_png(root / f"n-{i}.png", world.non_belonging[i])
+    root = write_mixed_folder(world, tmp_path_factory.mktemp("batching"))
     return root
 
 

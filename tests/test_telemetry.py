@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from e2e_helpers import BATCH, RESTARTS, STEPS, TinyWorld, tiny_world, write_png
+from e2e_helpers import BATCH, RESTARTS, STEPS, TinyWorld, tiny_world, write_mixed_folder
 
 from ronan_jax.audit import run_audit
 from ronan_jax.checkpoint import load_generator
@@ -64,10 +64,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> TinyWorld:
 
 @pytest.fixture(scope="module")
 def folder(world: TinyWorld, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("telemetry")
-    for i in range(8):
-        write_png(root / f"b-{i}.png", world.belonging[i])
-        write_png(root / f"n-{i}.png", world.non_belonging[i])
+    root = write_mixed_folder(world, tmp_path_factory.mktemp("telemetry"))
     (root / "broken.png").write_bytes(b"not an image")
     return root
 
