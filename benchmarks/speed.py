@@ -77,6 +77,7 @@ from ronan_jax.generator import Generator
 from ronan_jax.invert import _segments, default_max_batch, invert, resolve_loop
 from ronan_jax.models import dcgan
 from ronan_jax.profile import Profile, build_profile, quantize_8bit
+from ronan_jax.report._summary import auc_diverged_last
 
 SPEC_STEPS = 1500
 RESTARTS = 8
@@ -531,22 +532,11 @@ def warmup_steps(steps: int, config: InversionConfig) -> int:
 
 
 def auc_lower_is_positive(scores: np.ndarray, positive: np.ndarray) -> float:
-    """Area under the ROC curve where a LOWER score means positive (belonging): the
-    Mann-Whitney U of the negatives' ranks over n_pos * n_neg, ties counted one half.
-    NaN scores (diverged inversions) rank as the highest (least belonging)."""
-    s = np.where(np.isnan(scores), np.inf, np.asarray(scores, np.float64))
-    pos = np.asarray(positive, bool)
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(s, kind="mergesort")
-    sorted_s = s[order]
-    starts = np.r_[0, np.flatnonzero(sorted_s[1:] != sorted_s[:-1]) + 1]
-    ends = np.r_[starts[1:], len(s)]
-    ranks = np.empty(len(s))
-    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)  # 1-based average ranks
-    u = ranks[~pos].sum() - n_neg * (n_neg + 1) / 2.0
-    return float(u / (n_pos * n_neg))
+    """Area under the ROC curve where a LOWER score means positive (belonging), ties counted
+    one half; NaN scores (diverged inversions) rank as the highest (least belonging); NaN
+    when a class is empty."""
+    auc = auc_diverged_last(scores, np.asarray(positive, bool))
+    return float("nan") if auc is None else float(auc)
 
 
 @dataclasses.dataclass

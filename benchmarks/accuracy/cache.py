@@ -72,6 +72,15 @@ def append(path: Path, ident: dict, records: list[dict]) -> None:
             f.write(json.dumps(rec, sort_keys=True) + "\n")
 
 
+def _open(gen: Generator, images_u8: np.ndarray, config: InversionConfig,
+          root: Path | None) -> tuple[Generator, dict, Path, dict[str, dict]]:
+    """The generator adapted to the images' shape, its cache identity, file and records."""
+    gen = gen.for_shape(tuple(images_u8.shape[1:]))
+    ident = identity(gen, config)
+    path = cache_path(gen, config, root)
+    return gen, ident, path, read(path, ident)
+
+
 def losses(
     gen: Generator,
     images_u8: np.ndarray,
@@ -85,10 +94,7 @@ def losses(
     ``gen`` is adapted to the images' shape; images already in the cache are not inverted.
     """
     images_u8 = np.asarray(images_u8, np.uint8)
-    gen = gen.for_shape(tuple(images_u8.shape[1:]))
-    ident = identity(gen, config)
-    path = cache_path(gen, config, root)
-    done = read(path, ident)
+    gen, ident, path, done = _open(gen, images_u8, config, root)
     shas = [image_sha(im) for im in images_u8]
     todo = [i for i, s in enumerate(shas) if s not in done]
     chunk = max(1, (config.max_batch or default_max_batch()) // config.restarts)
@@ -117,10 +123,7 @@ def seed(gen: Generator, images_u8: np.ndarray, config: InversionConfig, loss: n
     ``steps``: optimisation steps the source ran per image, all restarts together.
     """
     images_u8 = np.asarray(images_u8, np.uint8)
-    gen = gen.for_shape(tuple(images_u8.shape[1:]))
-    ident = identity(gen, config)
-    path = cache_path(gen, config, root)
-    done = read(path, ident)
+    _, ident, path, done = _open(gen, images_u8, config, root)
     recs = [{"sha": s, "loss": float(v), "steps": int(steps)}
             for s, v in zip((image_sha(im) for im in images_u8), loss, strict=True)
             if s not in done]

@@ -28,7 +28,7 @@ import numpy as np
 
 from ronan_jax import zoo
 from ronan_jax.checkpoint import CARD_FILE, load_generator
-from ronan_jax.generator import Generator
+from ronan_jax.generator import LUMA_WEIGHTS, Generator
 from ronan_jax.profile import quantize_8bit
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
@@ -65,7 +65,7 @@ def training_data(model: str) -> str:
 
 
 def _luma(rgb: np.ndarray) -> np.ndarray:
-    w = np.array([0.299, 0.587, 0.114])
+    w = np.array(LUMA_WEIGHTS)
     return to_u8((rgb.astype(np.float64) @ w)[..., None] / 255.0)
 
 

@@ -18,7 +18,9 @@ import numpy as np
 from benchmarks.accuracy import cache, sets
 from ronan_jax import grubbs, zoo
 from ronan_jax.config import InversionConfig
+from ronan_jax.models_resolver import shipped_profile
 from ronan_jax.profile import Profile
+from ronan_jax.report._summary import auc_diverged_last
 
 PROFILE_SEED = 0
 TEST_SEED = 1
@@ -122,17 +124,14 @@ def auc(pos: np.ndarray, neg: np.ndarray) -> float:
 
     Non-finite losses (diverged inversions) count as the highest.
     """
-    pos = np.where(np.isfinite(pos), pos, np.inf)
-    neg = np.where(np.isfinite(neg), neg, np.inf)
-    less = (pos[:, None] < neg[None, :]).sum()
-    ties = (pos[:, None] == neg[None, :]).sum()
-    return float((less + 0.5 * ties) / (len(pos) * len(neg)))
+    labels = np.r_[np.ones(len(pos), bool), np.zeros(len(neg), bool)]
+    return float(auc_diverged_last(np.concatenate([pos, neg]), labels))
 
 
 def seed_from_shipped_profile(model: str, config: InversionConfig, n: int) -> int:
     """Put a shipped profile's measured losses in the cache when its settings match."""
-    path = zoo.registry.weights_dir(model).parent.parent / "profiles" / f"{model}.json"
-    if not path.is_file():
+    path = shipped_profile(f"builtin:{model}")
+    if path is None:
         return 0
     prof = Profile.load(path)
     if prof.config != config.result_settings() or prof.seed != PROFILE_SEED or prof.ref_losses is None:

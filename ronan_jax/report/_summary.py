@@ -74,6 +74,15 @@ def auc_from_losses(losses: ArrayLike, labels: ArrayLike) -> float | None:
     return u / (n_pos * n_neg)
 
 
+def auc_diverged_last(losses: ArrayLike, labels: ArrayLike) -> float | None:
+    """:func:`auc_from_losses` with non-finite losses (diverged inversions) ranked as the
+    highest, i.e. least belonging, instead of refused."""
+    x = np.asarray(losses, dtype=np.float64).reshape(-1)
+    finite = np.isfinite(x)
+    top = x[finite].max() + 1.0 if finite.any() else 0.0
+    return auc_from_losses(np.where(finite, x, top), labels)
+
+
 def roc_curve(
     losses: ArrayLike, labels: ArrayLike
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
