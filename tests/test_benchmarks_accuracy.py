@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from benchmarks.accuracy import cache, sets, tables
+from benchmarks.accuracy import cache, sets, tables, workers
 from ronan_jax.config import InversionConfig
 
 TINY = InversionConfig(steps=6, restarts=2)
+
+
+@pytest.fixture(autouse=True)
+def tmp_images(tmp_path, monkeypatch):
+    """Generated sets go to a temporary folder, not the committed one."""
+    monkeypatch.setattr(sets, "IMAGES_DIR", tmp_path / "images")
+    return tmp_path / "images"
 
 
 def test_auc_counts_pairs_and_ties_and_puts_nan_last():
@@ -94,3 +102,82 @@ def test_scoring_a_row_counts_every_image_once(tmp_cache):
                                     "-", calibrated=False), TINY, n=4, log=lambda m: None)
     # Without calibration the losses are the model's own: cached, not recomputed.
     assert uncal["calibrated"]["profile"] != res["calibrated"]["profile"]
+
+
+def test_plan_lists_each_inversion_once_row_by_row():
+    rows = tables.TABLES["core"][1] + tables.TABLES["6"][1]
+    jobs = workers.plan(rows, TINY, 5)
+    names = [(j.model, j.spec) for j in jobs]
+    assert len(names) == len(set(names)) == 8  # 4 sets, on dcgan-mnist and the reference
+    first_row = {"gen:dcgan-mnist:0", "gen:dcgan-mnist:1", "data:mnist-unseen"}
+    assert {s for _, s in names[:6]} == first_row
+    assert [m for m, _ in names[:6]] == ["dcgan-mnist"] * 3 + ["ref-photo"] * 3
+    assert names[6:] == [("dcgan-mnist", "gen:vae-mnist:1"), ("ref-photo", "gen:vae-mnist:1")]
+
+
+def test_appends_from_two_writers_keep_whole_lines(tmp_cache):
+    gen = sets.load_model("dcgan-mnist")
+    ident = cache.identity(gen, TINY)
+    path = cache.cache_path(gen, TINY)
+    path.parent.mkdir(parents=True)
+    path.write_text("")  # a writer killed between creating the file and its header
+    cache.append(path, ident, [{"sha": "a", "loss": 1.0, "steps": 1}])
+    path.write_text(path.read_text() + json.dumps({"identity": ident}) + "\n")  # a 2nd header
+    cache.append(path, ident, [{"sha": "b", "loss": 2.0, "steps": 1}])
+    assert set(cache.read(path, ident)) == {"a", "b"}
+
+
+def test_pinned_workers_fill_the_cache_the_tables_then_read(tmp_cache, tmp_images, monkeypatch):
+    jobs = [workers.Job("dcgan-mnist", "gen:dcgan-mnist:3", 2, TINY),
+            workers.Job("dcgan-mnist", "gen:dcgan-mnist:4", 2, TINY),
+            workers.Job("no-such-model", "gen:dcgan-mnist:4", 2, TINY)]
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+    assert workers.fill_cache(jobs, 2, log=lambda m: None, cache_root=tmp_cache,
+                              images_dir=tmp_images) == 1
+    gen = sets.load_model("dcgan-mnist")
+
+    def refuse(*a, **k):
+        raise AssertionError("the workers' losses were not in the cache")
+
+    monkeypatch.setattr(cache, "invert", refuse)
+    for seed in (3, 4):
+        loss, _ = cache.losses(gen, sets.load_set(f"gen:dcgan-mnist:{seed}", 2), TINY,
+                               log=lambda m: None)
+        assert np.all(loss > 0)
+
+
+def test_generated_set_is_stored_and_read_back_not_regenerated(tmp_images, monkeypatch):
+    first = sets.load_set("gen:dcgan-mnist:5", 3)
+    stored = tmp_images / "dcgan-mnist-seed5-n3.npz"
+    assert stored.is_file()
+    model = sets.load_model("dcgan-mnist")
+    monkeypatch.setattr(type(model), "generate",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("regenerated")))
+    np.testing.assert_array_equal(sets.load_set("gen:dcgan-mnist:5", 3), first)
+
+
+def test_partial_scoring_inverts_nothing_and_lists_rows_not_measured(
+        tmp_cache, tmp_path, monkeypatch, capsys):
+    from benchmarks.accuracy import __main__ as cli
+
+    monkeypatch.setattr(cli, "RESULTS_DIR", tmp_path / "results")
+    monkeypatch.setattr(sets, "MODELS_DIR", tmp_path / "models")
+
+    def refuse(*a, **k):
+        raise AssertionError("--partial inverted an image")
+
+    monkeypatch.setattr(cache, "invert", refuse)
+    assert cli.main(["7", "--quick", "--partial", "--rows", "50 %"]) == 0
+    out = json.loads((tmp_path / "results" / "table-7-20x2-n10-part-partial.json").read_text())
+    assert out["rows"] == [] and out["not_measured"] == ["overlap 50 %"]
+    assert not (tmp_path / "models").exists()  # no overlap model was trained
+    md = (tmp_path / "results" / "table-7-20x2-n10-part-partial.md").read_text()
+    assert "| overlap 50 % | not measured yet |" in md
+
+
+def test_untrained_overlap_model_is_known_before_loading_its_set(tmp_path, monkeypatch):
+    monkeypatch.setattr(sets, "MODELS_DIR", tmp_path / "models")
+    assert sets.needs_training("gen:dcgan-mnist-overlap-0.5:1")
+    assert sets.needs_training("1977:gen:dcgan-mnist-overlap-0.5:1")
+    assert not sets.needs_training("gen:dcgan-mnist:1")
+    assert not sets.needs_training("data:mnist-a")

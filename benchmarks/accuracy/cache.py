@@ -3,13 +3,16 @@
 One JSON-lines file per (generator, result-changing settings): a header line with the
 identity, then one line per image ``{"sha": ..., "loss": ..., "steps": ...}``, appended after
 every chunk. The key is the image's SHA-256 over its uint8 pixels and shape, so the same
-image met in two tables (or two rows) is inverted once.
+image met in two tables (or two rows) is inverted once. Several processes may append to one
+file at once (:mod:`.workers`): each chunk is one ``O_APPEND`` write and the header is created
+exclusively.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -58,18 +61,35 @@ def read(path: Path, ident: dict) -> dict[str, dict]:
             rec = json.loads(line)
         except json.JSONDecodeError:  # a line cut by a kill: recompute that image
             continue
-        out[rec["sha"]] = rec
+        if "sha" in rec:
+            out[rec["sha"]] = rec
     return out
 
 
 def append(path: Path, ident: dict, records: list[dict]) -> None:
+    """Add records in one append (whole lines, even with other writers at work)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.is_file() or path.stat().st_size == 0
-    with path.open("a") as f:
-        if new:
-            f.write(json.dumps({"identity": ident}, sort_keys=True) + "\n")
-        for rec in records:
-            f.write(json.dumps(rec, sort_keys=True) + "\n")
+    header = (json.dumps({"identity": ident}, sort_keys=True) + "\n").encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "wb") as f:
+            f.write(header)
+    if path.stat().st_size == 0:  # left empty by a writer killed before its header
+        with path.open("ab") as f:
+            f.write(header)
+    body = "".join(json.dumps(rec, sort_keys=True) + "\n" for rec in records).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, body)
+    finally:
+        os.close(fd)
+
+
+class NotCached(LookupError):
+    """Some images of a set have no cached loss and inverting was not allowed."""
 
 
 def _open(gen: Generator, images_u8: np.ndarray, config: InversionConfig,
@@ -88,15 +108,20 @@ def losses(
     label: str = "",
     log: Callable[[str], None] = print,
     root: Path | None = None,
+    cached_only: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Best losses and steps run of ``images_u8`` (N, H, W, C) inverted on ``gen``.
 
     ``gen`` is adapted to the images' shape; images already in the cache are not inverted.
+    With ``cached_only``, missing images raise :class:`NotCached` instead.
     """
     images_u8 = np.asarray(images_u8, np.uint8)
     gen, ident, path, done = _open(gen, images_u8, config, root)
     shas = [image_sha(im) for im in images_u8]
     todo = [i for i, s in enumerate(shas) if s not in done]
+    if todo and cached_only:
+        raise NotCached(f"{label or 'a set'} on {gen.name}: {len(todo)} of {len(shas)} "
+                        "images not measured yet")
     chunk = max(1, (config.max_batch or default_max_batch()) // config.restarts)
     t0 = time.time()
     for lo in range(0, len(todo), chunk):

@@ -149,14 +149,18 @@ def seed_from_shipped_profile(model: str, config: InversionConfig, n: int) -> in
 
 
 def calibrated(model: str, spec: str, config: InversionConfig, n: int, calibrated_: bool,
-               log: Callable[[str], None]) -> dict[str, np.ndarray]:
+               log: Callable[[str], None], cached_only: bool = False) -> dict[str, np.ndarray]:
     """Losses on M (and the reference) of a set, their ratio, and the steps run."""
+    if cached_only and sets.needs_training(spec):
+        raise cache.NotCached(f"{spec}: its model is not trained yet")
     images = sets.load_set(spec, n)
-    loss, steps = cache.losses(sets.load_model(model), images, config, spec, log)
+    loss, steps = cache.losses(sets.load_model(model), images, config, spec, log,
+                               cached_only=cached_only)
     out = {"loss": loss, "steps": steps}
     if calibrated_:
         ref = zoo.load(zoo.default_reference(model))
-        ref_loss, ref_steps = cache.losses(ref, images, config, spec, log)
+        ref_loss, ref_steps = cache.losses(ref, images, config, spec, log,
+                                           cached_only=cached_only)
         with np.errstate(divide="ignore", invalid="ignore"):
             out["calibrated"] = loss / ref_loss
         out.update(ref_loss=ref_loss, steps=steps + ref_steps)
@@ -167,14 +171,18 @@ def calibrated(model: str, spec: str, config: InversionConfig, n: int, calibrate
 
 
 def score(row: Row, config: InversionConfig, n: int, alpha: float = 0.05,
-          log: Callable[[str], None] = print) -> dict[str, Any]:
-    """TP/FP/FN/TN, accuracy and AUC of one row, with the distributions for plotting."""
+          log: Callable[[str], None] = print, cached_only: bool = False) -> dict[str, Any]:
+    """TP/FP/FN/TN, accuracy and AUC of one row, with the distributions for plotting.
+
+    With ``cached_only`` a row whose losses are not all cached raises
+    :class:`~benchmarks.accuracy.cache.NotCached` instead of inverting.
+    """
     config = config.replace(metric=row.metric, **dict(row.overrides))
     if row.calibrated:
         seed_from_shipped_profile(row.model, config, n)
-    prof = calibrated(row.model, f"gen:{row.model}:{PROFILE_SEED}", config, n, row.calibrated, log)
-    pos = calibrated(row.model, row.positives, config, n, row.calibrated, log)
-    neg = calibrated(row.model, row.negatives, config, n, row.calibrated, log)
+    prof, pos, neg = (
+        calibrated(row.model, spec, config, n, row.calibrated, log, cached_only)
+        for spec in (f"gen:{row.model}:{PROFILE_SEED}", row.positives, row.negatives))
     valid = prof["calibrated"][np.isfinite(prof["calibrated"])]
     mu, sigma = float(valid.mean()), float(valid.std(ddof=1))
 
