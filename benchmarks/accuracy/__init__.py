@@ -2,5 +2,6 @@
 
 Modules: :mod:`.sets` names the image sets, :mod:`.cache` keeps every per-image loss on disk
 so tables share inversions and a stopped run resumes, :mod:`.tables` defines the rows and
-scores them, :mod:`.plot` draws the calibrated-loss distributions.
+scores them, :mod:`.workers` fills the cache with one pinned process per core, :mod:`.plot`
+draws the calibrated-loss distributions.
 """
