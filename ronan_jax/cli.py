@@ -514,6 +514,7 @@ def zoo_show(name: str) -> None:
 @click.option("--alpha", default=0.05, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Significance level of Grubbs' test.")
 @click.option("--batch-size", default=None, type=click.IntRange(min=1), help="Images inverted together per device call (default: the engine's per-device choice).")
 @click.option("-o", "--out", default=None, type=click.Path(dir_okay=False), help="Where to write the profile JSON (default: profile-NAME.json).")
+@click.option("--trim-outliers", is_flag=True, help="Leave out of mu and sigma the profile losses that repeated Grubbs tests reject as too high (failed inversions). Off by default, as in the paper.")
 @click.option("--quiet", is_flag=True, help="No progress bar (for logs).")
 @_handle_errors
 def profile(
@@ -528,6 +529,7 @@ def profile(
     alpha: float,
     batch_size: int | None,
     out: str | None,
+    trim_outliers: bool,
     quiet: bool,
 ) -> None:
     """Build a model's belonging profile (run once per model; slow).
@@ -557,7 +559,8 @@ def profile(
             f"{_describe_settings(config)}."
         )
     if quiet:
-        built = build_profile(gen, ref, n=samples, seed=seed, config=config, alpha=alpha)
+        built = build_profile(gen, ref, n=samples, seed=seed, config=config, alpha=alpha,
+                              trim_outliers=trim_outliers)
     else:
         from rich.progress import (
             BarColumn,
@@ -572,6 +575,7 @@ def profile(
             built = build_profile(
                 gen, ref, n=samples, seed=seed, config=config, alpha=alpha,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
+                trim_outliers=trim_outliers,
             )
     built = dataclasses.replace(
         built,
@@ -581,7 +585,9 @@ def profile(
     )
     built.save(out_path)
     click.echo(
-        f"Wrote {out_path}: N={built.n}, mean calibrated loss {built.mu:.4g}, sd {built.sigma:.4g}, "
+        f"Wrote {out_path}: N={built.n}"
+        + (f" ({len(built.trimmed)} outliers trimmed)" if trim_outliers else "")
+        + f", mean calibrated loss {built.mu:.4g}, sd {built.sigma:.4g}, "
         f"Grubbs critical value {built.critical_value:.4f} (alpha {built.alpha}). "
         f"Audit with: ronan audit IMAGES --model {model} --profile {out_path}"
     )

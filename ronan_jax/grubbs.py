@@ -70,6 +70,29 @@ def critical_value(n: int, alpha: float = 0.05) -> float:
     return float((n - 1) / np.sqrt(n) * np.sqrt(t * t / (n - 2 + t * t)))
 
 
+def high_outliers(values: ArrayLike, alpha: float = 0.05, min_keep: int = 3) -> np.ndarray:
+    """Mask of the values repeated one-sided Grubbs tests reject as too high.
+
+    The classical use of the test: while the largest value lies more than G(n, alpha) sample
+    standard deviations above the mean of the values still kept, it is an outlier and is
+    dropped. For a belonging profile these are inversions that failed to find the image's
+    input (a loss far above the rest), not a property of the model.
+    """
+    x = np.asarray(values, np.float64)
+    if x.ndim != 1 or not np.all(np.isfinite(x)):
+        raise ValueError("high_outliers takes a 1-D array of finite values")
+    alpha = _check_alpha(alpha)
+    out = np.zeros(x.shape, bool)
+    while x.size - out.sum() > max(min_keep, 3):
+        kept = np.flatnonzero(~out)
+        sd = float(np.std(x[kept], ddof=1))
+        top = kept[np.argmax(x[kept])]
+        if not sd > 0 or (x[top] - x[kept].mean()) / sd <= critical_value(kept.size, alpha):
+            break
+        out[top] = True
+    return out
+
+
 def z_scores(calibrated_losses: ArrayLike, mu: ArrayLike, sigma: ArrayLike) -> np.ndarray:
     """Standardised calibrated losses (A' - mu) / sigma, float64, same shape as the losses."""
     losses = _check_losses(calibrated_losses)

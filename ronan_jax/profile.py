@@ -67,6 +67,8 @@ class Profile:
     versions: dict[str, str]
     created: str
     format: int = PROFILE_FORMAT
+    # Indices (into ``calibrated_losses``) left out of mu and sigma by ``trim_outliers``.
+    trimmed: list[int] = dataclasses.field(default_factory=list)
 
     @property
     def critical_value(self) -> float:
@@ -188,6 +190,7 @@ def build_profile(
     alpha: float = 0.05,
     progress: Callable[[int, int], None] | None = None,
     resume_path: str | Path | None = None,
+    trim_outliers: bool = False,
 ) -> Profile:
     """Generate ``n`` images from random inputs of ``model``, quantise them to 8 bits, and
     measure their calibrated losses (SPEC section 3). ``reference=None`` builds an
@@ -196,6 +199,10 @@ def build_profile(
     ``resume_path``: a JSON-lines file where each finished chunk's losses are appended; a
     rerun with the same model, reference, settings and seed skips the chunks already there,
     so a long profile build survives being stopped.
+
+    ``trim_outliers`` (off by default, as in the SPEC): leave out of mu and sigma the losses
+    that repeated Grubbs tests find too high (:func:`belonging_stats`), i.e. inversions that
+    failed; one such loss can multiply sigma and with it the threshold.
     """
     if n < 3:
         raise ValueError(f"a profile needs n >= 3 images, got {n}")
@@ -224,20 +231,14 @@ def build_profile(
     with np.errstate(divide="ignore", invalid="ignore"):
         cal = loss if ref_loss is None else loss / ref_loss
     cal = np.where(np.isfinite(cal), cal, np.nan)
-    ok = np.isfinite(cal)
-    if ok.sum() < 3:
-        raise ValueError(f"only {ok.sum()} of {n} profile images inverted to a finite loss")
-    valid = cal[ok]
-    sigma = float(np.std(valid, ddof=1))
-    if not sigma > 0:
-        raise ValueError("profile losses have zero spread; cannot run Grubbs' test")
+    mu, sigma, n_used, trimmed = belonging_stats(cal, alpha, trim_outliers)
     return Profile(
         model=model.identity,
         reference=None if reference is None else reference.identity,
         config=config.result_settings(),
         calibrated=reference is not None,
-        n=int(ok.sum()),
-        mu=float(np.mean(valid)),
+        n=n_used,
+        mu=mu,
         sigma=sigma,
         alpha=alpha,
         seed=seed,
@@ -247,7 +248,33 @@ def build_profile(
         image_shape=list(model.output_shape),
         versions=library_versions(),
         created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        trimmed=trimmed,
     )
+
+
+def belonging_stats(
+    calibrated: np.ndarray, alpha: float = 0.05, trim_outliers: bool = False
+) -> tuple[float, float, int, list[int]]:
+    """mu, sigma (ddof 1), N and the trimmed indices of a profile's calibrated losses.
+
+    Non-finite losses (diverged inversions) never count; with ``trim_outliers`` the losses
+    :func:`ronan_jax.grubbs.high_outliers` rejects do not count either.
+    """
+    cal = np.asarray(calibrated, np.float64)
+    ok = np.isfinite(cal)
+    if ok.sum() < 3:
+        raise ValueError(f"only {ok.sum()} of {cal.size} profile images inverted to a finite loss")
+    trimmed: list[int] = []
+    if trim_outliers:
+        idx = np.flatnonzero(ok)
+        drop = idx[grubbs.high_outliers(cal[idx], alpha)]
+        ok[drop] = False
+        trimmed = [int(i) for i in drop]
+    valid = cal[ok]
+    sigma = float(np.std(valid, ddof=1))
+    if not sigma > 0:
+        raise ValueError("profile losses have zero spread; cannot run Grubbs' test")
+    return float(np.mean(valid)), sigma, int(ok.sum()), trimmed
 
 
 def _read_resume(path: str | Path | None, ident: dict[str, Any]) -> dict[int, tuple[float, float | None]]:

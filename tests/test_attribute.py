@@ -93,6 +93,25 @@ def test_profile_is_reproducible_from_its_seed(models):
     assert a.calibrated_losses == b.calibrated_losses
 
 
+def test_trimmed_profile_leaves_failed_inversions_out_of_mu_and_sigma(models, profile):
+    from ronan_jax.profile import belonging_stats
+
+    cal = np.array(profile.calibrated_losses)
+    plain = belonging_stats(cal)
+    assert plain[:3] == (profile.mu, profile.sigma, profile.n) and plain[3] == []
+    failed = np.r_[cal, 40.0 * cal.max(), np.nan]  # one failed and one diverged inversion
+    mu, sigma, n, trimmed = belonging_stats(failed, trim_outliers=True)
+    assert len(cal) in trimmed and n <= len(cal)
+    assert sigma <= profile.sigma and mu <= profile.mu
+    assert belonging_stats(failed)[1] > 5 * profile.sigma  # what the SPEC statistics do
+    model, reference = models
+    built = build_profile(model, reference, n=5, seed=3, config=CFG.replace(steps=20),
+                          trim_outliers=True)
+    assert built.n == 5 - len(built.trimmed)
+    again = Profile.from_dict({k: v for k, v in built.to_dict().items() if k != "trimmed"})
+    assert again.trimmed == []  # profiles written before the option still load
+
+
 def test_audit_with_other_settings_or_weights_is_refused(models, profile, natural_crops):
     model, reference = models
     with pytest.raises(ProfileMismatchError, match="steps: profile 120, audit 50"):

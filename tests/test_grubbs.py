@@ -192,3 +192,17 @@ def test_non_finite_losses_raise_with_count_and_indices() -> None:
         grubbs_test(losses, 0.5, 0.1, 100)
     with pytest.raises(ValueError, match=r"1 non-finite .* indices \[\(1, 0\)\]"):
         z_scores(np.array([[1.0, 2.0], [np.nan, 3.0]]), 0.0, 1.0)
+
+
+def test_high_outliers_drops_failed_inversions_only():
+    from ronan_jax import grubbs
+
+    rng = np.random.default_rng(0)
+    body = rng.normal(0.1, 0.02, 98)
+    values = np.r_[body, 3.7, 0.9]  # two failed inversions
+    out = grubbs.high_outliers(values, 0.05)
+    assert out.tolist() == [False] * 98 + [True, True]
+    assert not grubbs.high_outliers(body, 0.05).any()
+    low = np.r_[body, -5.0]  # one-sided: a very low value is never trimmed
+    assert not grubbs.high_outliers(low, 0.05).any()
+    assert grubbs.high_outliers([1.0, 1.0, 1.0, 9.0], 0.05).sum() <= 1  # keeps >= 3

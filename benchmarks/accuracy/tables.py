@@ -19,7 +19,7 @@ from benchmarks.accuracy import cache, sets
 from ronan_jax import grubbs, zoo
 from ronan_jax.config import InversionConfig
 from ronan_jax.models_resolver import shipped_profile
-from ronan_jax.profile import Profile
+from ronan_jax.profile import Profile, belonging_stats
 from ronan_jax.report._summary import auc_diverged_last
 
 PROFILE_SEED = 0
@@ -37,6 +37,8 @@ class Row:
     calibrated: bool = True
     # InversionConfig changes of this row (early stopping), as (name, value) pairs.
     overrides: tuple[tuple[str, Any], ...] = ()
+    # Profile statistics without the losses repeated Grubbs tests reject (failed inversions).
+    trim_profile: bool = False
 
 
 def _unseen(model: str) -> str:
@@ -121,6 +123,14 @@ TABLES: dict[str, tuple[str, list[Row]]] = {
     ]),
 }
 
+# The rows of Tables 2-4 again, with the profile's failed inversions left out of mu and sigma
+# (``ronan profile --trim-outliers``): no new inversions, only other profile statistics.
+TABLES["trim"] = ("Tables 2-4 with a trimmed profile (failed profile inversions left out)", [
+    dataclasses.replace(row, label=f"{row.label}, trimmed profile", trim_profile=True,
+                        paper=f"Table {t} with the SPEC profile: see there")
+    for t in ("2", "3", "4") for row in TABLES[t][1]
+])
+
 
 def auc(pos: np.ndarray, neg: np.ndarray) -> float:
     """P(a belonging image has a lower calibrated loss than a non-belonging one), ties 1/2.
@@ -186,13 +196,12 @@ def score(row: Row, config: InversionConfig, n: int, alpha: float = 0.05,
     prof, pos, neg = (
         calibrated(row.model, spec, config, n, row.calibrated, log, cached_only)
         for spec in (f"gen:{row.model}:{PROFILE_SEED}", row.positives, row.negatives))
-    valid = prof["calibrated"][np.isfinite(prof["calibrated"])]
-    mu, sigma = float(valid.mean()), float(valid.std(ddof=1))
+    mu, sigma, n_prof, trimmed = belonging_stats(prof["calibrated"], alpha, row.trim_profile)
 
     def belonging(cal: np.ndarray) -> np.ndarray:
         ok = np.isfinite(cal)
         out = np.zeros(cal.shape, bool)
-        out[ok] = grubbs.grubbs_test(cal[ok], mu, sigma, len(valid), alpha).belonging
+        out[ok] = grubbs.grubbs_test(cal[ok], mu, sigma, n_prof, alpha).belonging
         return out
 
     bp, bn = belonging(pos["calibrated"]), belonging(neg["calibrated"])
@@ -202,8 +211,8 @@ def score(row: Row, config: InversionConfig, n: int, alpha: float = 0.05,
         "settings": config.result_settings(),
         "n": n,
         "alpha": alpha,
-        "profile": {"mu": mu, "sigma": sigma, "n": len(valid),
-                    "threshold": mu + grubbs.critical_value(len(valid), alpha) * sigma},
+        "profile": {"mu": mu, "sigma": sigma, "n": n_prof, "trimmed": trimmed,
+                    "threshold": mu + grubbs.critical_value(n_prof, alpha) * sigma},
         "TP": tp, "FP": fp, "FN": fn, "TN": tn,
         "accuracy": (tp + tn) / (tp + tn + fp + fn),
         "auc": auc(pos["calibrated"], neg["calibrated"]),
