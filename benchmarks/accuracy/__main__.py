@@ -39,7 +39,7 @@ def settings_tag(config: InversionConfig, n: int) -> str:
 
 
 def markdown(title: str, results: list[dict], command: str, seconds: float,
-             missing: list[tables.Row] | None = None) -> str:
+             missing: list[tables.Row] | None = None, fill_seconds: float | None = None) -> str:
     lines = [f"### {title}", "", f"`{command}`", "",
              "| row | TP | FP | FN | TN | accuracy | AUC | steps run | paper |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -57,6 +57,9 @@ def markdown(title: str, results: list[dict], command: str, seconds: float,
               f"N = {results[0]['profile']['n']}, alpha {results[0]['alpha']}, "
               f"{results[0]['n']} + {results[0]['n']} images per row; wall time of this "
               f"invocation {seconds:.0f} s (cached inversions cost nothing)."]
+    if fill_seconds is not None:
+        lines[-1] += (f" Before that, the worker processes filled the cache for all tables of "
+                      f"the command in {fill_seconds:.0f} s.")
     if "halving_at" in s:
         lines.append(f"Early stopping: successive halving at {s['halving_at']} of the steps, "
                      f"plateau window {s['plateau_window']} steps, rtol {s['plateau_rtol']} "
@@ -96,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         args.steps, args.restarts, args.n = 20, 2, 10
     config = InversionConfig(steps=args.steps, restarts=args.restarts)
     command = "python -m benchmarks.accuracy " + " ".join(sys.argv[1:] if argv is None else argv)
+    fill_seconds = None
     if args.workers > 1 and not args.partial:
+        t_fill = time.time()
         rows = [row for name in names for row in chosen_rows(name, args.rows)]
         for row in rows:
             if row.calibrated:
@@ -104,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                     row.model, config.replace(metric=row.metric, **dict(row.overrides)), args.n)
         workers.fill_cache(workers.plan(rows, config, args.n), args.workers,
                            log=lambda m: print(m, flush=True))
+        fill_seconds = time.time() - t_fill
     for name in names:
         title = tables.TABLES[name][0]
         t0 = time.time()
@@ -122,9 +128,10 @@ def main(argv: list[str] | None = None) -> int:
         stem = RESULTS_DIR / f"table-{name}{tag}"
         stem.parent.mkdir(parents=True, exist_ok=True)
         stem.with_suffix(".json").write_text(json.dumps(
-            {"title": title, "command": command, "seconds": seconds, "rows": results,
+            {"title": title, "command": command, "seconds": seconds,
+             "fill_seconds": fill_seconds, "rows": results,
              "not_measured": [row.label for row in missing]}, indent=1))
-        text = markdown(title, results, command, seconds, missing)
+        text = markdown(title, results, command, seconds, missing, fill_seconds)
         stem.with_suffix(".md").write_text(text)
         if results:
             plot.plot_table(title, results, stem.with_suffix(".png"))
