@@ -263,7 +263,7 @@ def test_help_texts_name_the_flags():
         "audit": ["--model", "--reference", "--profile", "--db", "--batch-size", "--resize",
                   "--keep-evidence", "--steps", "--restarts", "--lr", "--metric", "--seed", "--quiet"],
         "profile": ["--model", "--reference", "--samples", "--steps", "--restarts", "--lr",
-                    "--metric", "--seed", "--batch-size", "--out"],
+                    "--metric", "--seed", "--batch-size", "--out", "--trim-outliers"],
         "report": ["--labels", "--out"],
         "export": ["--format", "--out"],
         "demo": ["--out"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import jax
@@ -40,8 +41,11 @@ def converted(tmp_path_factory) -> Path:
 def test_converted_64px_dcgan_profiles_and_audits_end_to_end(converted, tmp_path):
     profile = tmp_path / "p.json"
     res = invoke(["profile", "--model", converted, "--reference", "none", "--samples", "12",
-                  "--steps", "80", "--restarts", "2", "--quiet", "-o", profile])
+                  "--steps", "80", "--restarts", "2", "--quiet", "--trim-outliers", "-o", profile])
     assert res.exit_code == 0, res.output
+    written = json.loads(profile.read_text())
+    assert f"({len(written['trimmed'])} outliers trimmed)" in res.output
+    assert written["n"] == 12 - len(written["trimmed"])
     gen = load_generator(converted)
     own = quantize_8bit(np.asarray(gen.generate(jax.random.key(11), 4)))
     for i, img in enumerate(own):
