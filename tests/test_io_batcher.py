@@ -2,6 +2,7 @@
 
 import _thread
 import io
+import signal
 import threading
 import time
 
@@ -147,6 +148,9 @@ def test_keyboard_interrupt_while_waiting_shuts_down_cleanly():
             yield good(i % 200)
             i += 1
 
+    # A process started in the background by a non-interactive shell inherits SIGINT ignored,
+    # and interrupt_main() then does nothing; Ctrl-C in a terminal raises KeyboardInterrupt.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(0.3, _thread.interrupt_main)
     timer.start()
     try:
@@ -155,6 +159,7 @@ def test_keyboard_interrupt_while_waiting_shuts_down_cleanly():
                 pass
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     assert wait_for_no_threads() == []
 
 
