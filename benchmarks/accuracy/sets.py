@@ -16,7 +16,8 @@ A set is named by a spec string:
 MODEL is a zoo name or a benchmark-only model (:func:`load_model`): ``dcgan-mnist-overlap-P``
 is a DCGAN with ``dcgan-mnist``'s recipe trained (seed 1) on the 2,000 digits of
 ``mnist-overlap-P``, i.e. sharing a fraction P of ``dcgan-mnist``'s training data. Those are
-trained on first use and kept under ``benchmarks/accuracy/models/`` (outside the package).
+trained on first use and kept under ``benchmarks/accuracy/models/`` (outside the package;
+committed once trained, since the cached losses are keyed by their weights).
 """
 
 from __future__ import annotations
