@@ -105,8 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = [row for name in names for row in chosen_rows(name, args.rows)]
         for row in rows:
             if row.calibrated:
-                tables.seed_from_shipped_profile(
-                    row.model, config.replace(metric=row.metric, **dict(row.overrides)), args.n)
+                tables.seed_from_shipped_profile(row.model, row.settings(config), args.n)
         workers.fill_cache(workers.plan(rows, config, args.n), args.workers,
                            log=lambda m: print(m, flush=True))
         fill_seconds = time.time() - t_fill

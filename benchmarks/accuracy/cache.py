@@ -4,8 +4,8 @@ One JSON-lines file per (generator, result-changing settings): a header line wit
 identity, then one line per image ``{"sha": ..., "loss": ..., "steps": ...}``, appended after
 every chunk. The key is the image's SHA-256 over its uint8 pixels and shape, so the same
 image met in two tables (or two rows) is inverted once. Several processes may append to one
-file at once (:mod:`.workers`): each chunk is one ``O_APPEND`` write and the header is created
-exclusively.
+file at once (:mod:`.workers`): each chunk is one ``O_APPEND`` write, headed by the identity
+line when the file is empty.
 """
 
 from __future__ import annotations
@@ -69,21 +69,13 @@ def read(path: Path, ident: dict) -> dict[str, dict]:
 def append(path: Path, ident: dict, records: list[dict]) -> None:
     """Add records in one append (whole lines, even with other writers at work)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    header = (json.dumps({"identity": ident}, sort_keys=True) + "\n").encode()
+    body = "".join(json.dumps(rec, sort_keys=True) + "\n" for rec in records)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        pass
-    else:
-        with os.fdopen(fd, "wb") as f:
-            f.write(header)
-    if path.stat().st_size == 0:  # left empty by a writer killed before its header
-        with path.open("ab") as f:
-            f.write(header)
-    body = "".join(json.dumps(rec, sort_keys=True) + "\n" for rec in records).encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-    try:
-        os.write(fd, body)
+        if os.fstat(fd).st_size == 0:  # new, or left empty by a killed writer: header first
+            # Two writers may both see an empty file; read() skips the second header.
+            body = json.dumps({"identity": ident}, sort_keys=True) + "\n" + body
+        os.write(fd, body.encode())
     finally:
         os.close(fd)
 

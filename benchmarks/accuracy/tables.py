@@ -40,6 +40,15 @@ class Row:
     # Profile statistics without the losses repeated Grubbs tests reject (failed inversions).
     trim_profile: bool = False
 
+    @property
+    def specs(self) -> tuple[str, str, str]:
+        """The row's image sets: M's profile draw, the positives, the negatives."""
+        return f"gen:{self.model}:{PROFILE_SEED}", self.positives, self.negatives
+
+    def settings(self, config: InversionConfig) -> InversionConfig:
+        """``config`` with this row's metric and overrides."""
+        return config.replace(metric=self.metric, **dict(self.overrides))
+
 
 def _unseen(model: str) -> str:
     return "data:photo-heldout" if "photo" in sets.training_data(model) else "data:mnist-unseen"
@@ -190,12 +199,12 @@ def score(row: Row, config: InversionConfig, n: int, alpha: float = 0.05,
     With ``cached_only`` a row whose losses are not all cached raises
     :class:`~benchmarks.accuracy.cache.NotCached` instead of inverting.
     """
-    config = config.replace(metric=row.metric, **dict(row.overrides))
+    config = row.settings(config)
     if row.calibrated:
         seed_from_shipped_profile(row.model, config, n)
     prof, pos, neg = (
         calibrated(row.model, spec, config, n, row.calibrated, log, cached_only)
-        for spec in (f"gen:{row.model}:{PROFILE_SEED}", row.positives, row.negatives))
+        for spec in row.specs)
     mu, sigma, n_prof, trimmed = belonging_stats(prof["calibrated"], alpha, row.trim_profile)
 
     def belonging(cal: np.ndarray) -> np.ndarray:

@@ -41,17 +41,15 @@ def plan(rows: Iterable[Any], config: Any, n: int) -> list[Job]:
 
     Row by row, so a pool that is stopped early leaves whole rows measured (see ``--partial``).
     """
-    from benchmarks.accuracy import tables
     from ronan_jax import zoo
 
     jobs: list[Job] = []
     for row in rows:
-        cfg = config.replace(metric=row.metric, **dict(row.overrides))
-        specs = (f"gen:{row.model}:{tables.PROFILE_SEED}", row.positives, row.negatives)
-        jobs += [Job(row.model, s, n, cfg) for s in specs]
+        cfg = row.settings(config)
+        jobs += [Job(row.model, s, n, cfg) for s in row.specs]
         if row.calibrated:
             ref = zoo.default_reference(row.model)
-            jobs += [Job(ref, s, n, cfg) for s in specs]
+            jobs += [Job(ref, s, n, cfg) for s in row.specs]
     return list(dict.fromkeys(jobs))
 
 
