@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import types
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -50,6 +52,8 @@ def test_cached_losses_are_reused_and_survive_a_cut_line(tmp_cache, monkeypatch)
     assert loss.shape == (3,) and np.all(loss > 0)
     assert np.all(steps == TINY.steps * TINY.restarts)
     path = cache.cache_path(gen, TINY)
+    recs = cache.read(path, cache.identity(gen.for_shape(images.shape[1:]), TINY))
+    assert {r["device"] for r in recs.values()} == {jax.devices()[0].device_kind}
     path.write_text(path.read_text() + '{"sha": "cut')  # a write killed half-way
 
     def refuse(*a, **k):
@@ -157,21 +161,39 @@ def test_generated_set_is_stored_and_read_back_not_regenerated(tmp_images, monke
 
 
 def test_partial_scoring_inverts_nothing_and_lists_rows_not_measured(
-        tmp_cache, tmp_path, monkeypatch, capsys):
+        tmp_cache, tmp_path, monkeypatch):
     from benchmarks.accuracy import __main__ as cli
 
     monkeypatch.setattr(cli, "RESULTS_DIR", tmp_path / "results")
     monkeypatch.setattr(sets, "MODELS_DIR", tmp_path / "models")
+    quick = InversionConfig(steps=20, restarts=2)
+
+    def fake_invert(gen, images, config):  # stand-in losses: functions of the brightness
+        n = len(images)
+        mean = images.reshape(n, -1).mean(1)
+        loss = mean + 0.01 if gen.name == "dcgan-mnist" else np.sqrt(mean) + 0.02
+        return types.SimpleNamespace(loss=loss,
+                                     steps_run=np.full((n, config.restarts), config.steps))
+
+    # The held-out-digits row is fully cached; the overlap row has its profile and positives
+    # cached (the same sets), but its negatives need a model nobody has trained.
+    monkeypatch.setattr(cache, "invert", fake_invert)
+    held_out = cli.chosen_rows("core", ["held-out"])[0]
+    measured = tables.score(held_out, quick, 10, log=lambda m: None)
 
     def refuse(*a, **k):
         raise AssertionError("--partial inverted an image")
 
     monkeypatch.setattr(cache, "invert", refuse)
-    assert cli.main(["7", "--quick", "--partial", "--rows", "50 %"]) == 0
-    out = json.loads((tmp_path / "results" / "table-7-20x2-n10-part-partial.json").read_text())
+    assert cli.main(["core", "7", "--quick", "--partial", "--rows", "held-out", "50 %"]) == 0
+    res = tmp_path / "results"
+    core = json.loads((res / "table-core-20x2-n10-part.json").read_text())
+    assert core["not_measured"] == [] and len(core["rows"]) == 1
+    assert core["rows"][0]["TP"] == measured["TP"] and core["rows"][0]["auc"] == measured["auc"]
+    out = json.loads((res / "table-7-20x2-n10-part-partial.json").read_text())
     assert out["rows"] == [] and out["not_measured"] == ["overlap 50 %"]
     assert not (tmp_path / "models").exists()  # no overlap model was trained
-    md = (tmp_path / "results" / "table-7-20x2-n10-part-partial.md").read_text()
+    md = (res / "table-7-20x2-n10-part-partial.md").read_text()
     assert "| overlap 50 % | not measured yet |" in md
 
 

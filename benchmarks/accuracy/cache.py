@@ -1,8 +1,9 @@
 """Per-image inversion losses kept on disk, so tables share work and stopped runs resume.
 
 One JSON-lines file per (generator, result-changing settings): a header line with the
-identity, then one line per image ``{"sha": ..., "loss": ..., "steps": ...}``, appended after
-every chunk. The key is the image's SHA-256 over its uint8 pixels and shape, so the same
+identity, then one line per image ``{"sha": ..., "loss": ..., "steps": ..., "device": ...}``,
+appended after every chunk (``device``: the accelerator kind that measured it, as evidence;
+older records lack it). The key is the image's SHA-256 over its uint8 pixels and shape, so the same
 image met in two tables (or two rows) is inverted once. Several processes may append to one
 file at once (:mod:`.workers`): each chunk is one ``O_APPEND`` write, headed by the identity
 line when the file is empty.
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from ronan_jax.config import InversionConfig
@@ -116,11 +118,13 @@ def losses(
                         "images not measured yet")
     chunk = max(1, (config.max_batch or default_max_batch()) // config.restarts)
     t0 = time.time()
+    device = jax.devices()[0].device_kind
     for lo in range(0, len(todo), chunk):
         idx = todo[lo : lo + chunk]
         res = invert(gen, images_u8[idx].astype(np.float32) / np.float32(255.0), config)
         recs = [
-            {"sha": shas[i], "loss": float(res.loss[j]), "steps": int(np.sum(res.steps_run[j]))}
+            {"sha": shas[i], "loss": float(res.loss[j]), "steps": int(np.sum(res.steps_run[j])),
+             "device": device}
             for j, i in enumerate(idx)
         ]
         append(path, ident, recs)
