@@ -203,3 +203,15 @@ def test_untrained_overlap_model_is_known_before_loading_its_set(tmp_path, monke
     assert sets.needs_training("1977:gen:dcgan-mnist-overlap-0.5:1")
     assert not sets.needs_training("gen:dcgan-mnist:1")
     assert not sets.needs_training("data:mnist-a")
+
+
+def test_diagnostic_and_trimmed_rows_change_only_their_settings():
+    spec = InversionConfig()
+    lr_rows = tables.TABLES["5lr"][1]
+    assert {(r.metric, r.settings(spec).lr) for r in lr_rows} == {
+        (m, lr) for m in ("mae", "ssim") for lr in (0.03, 0.01)}
+    assert all(r.settings(spec).steps == spec.steps for r in lr_rows)
+    trimmed = tables.TABLES["trim"][1]
+    assert all(r.trim_profile for r in trimmed)
+    assert {r.specs for r in trimmed} == {
+        r.specs for t in ("2", "3", "4", "5", "7") for r in tables.TABLES[t][1]}
