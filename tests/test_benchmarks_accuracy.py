@@ -168,16 +168,9 @@ def test_partial_scoring_inverts_nothing_and_lists_rows_not_measured(
     monkeypatch.setattr(sets, "MODELS_DIR", tmp_path / "models")
     quick = InversionConfig(steps=20, restarts=2)
 
-    def fake_invert(gen, images, config):  # stand-in losses: functions of the brightness
-        n = len(images)
-        mean = images.reshape(n, -1).mean(1)
-        loss = mean + 0.01 if gen.name == "dcgan-mnist" else np.sqrt(mean) + 0.02
-        return types.SimpleNamespace(loss=loss,
-                                     steps_run=np.full((n, config.restarts), config.steps))
-
     # The held-out-digits row is fully cached; the overlap row has its profile and positives
     # cached (the same sets), but its negatives need a model nobody has trained.
-    monkeypatch.setattr(cache, "invert", fake_invert)
+    monkeypatch.setattr(cache, "invert", _brightness_invert(1.0))
     held_out = cli.chosen_rows("core", ["held-out"])[0]
     measured = tables.score(held_out, quick, 10, log=lambda m: None)
 
@@ -215,3 +208,39 @@ def test_diagnostic_and_trimmed_rows_change_only_their_settings():
     assert all(r.trim_profile for r in trimmed)
     assert {r.specs for r in trimmed} == {
         r.specs for t in ("2", "3", "4", "5", "7") for r in tables.TABLES[t][1]}
+
+
+def _brightness_invert(scale: float):
+    """A stand-in inversion: losses are functions of brightness, times ``scale``."""
+    def invert(gen, images, config):
+        n = len(images)
+        mean = images.reshape(n, -1).mean(1)
+        loss = mean + 0.01 if gen.name == "dcgan-mnist" else np.sqrt(mean) + 0.02
+        return types.SimpleNamespace(loss=loss * scale,
+                                     steps_run=np.full((n, config.restarts), config.steps))
+    return invert
+
+
+def test_crossdevice_compare_measures_loss_agreement_and_verdicts(tmp_cache, tmp_path,
+                                                                   monkeypatch):
+    from benchmarks.accuracy import crossdevice
+
+    quick = InversionConfig(steps=20, restarts=2)
+    row = crossdevice.find_row("held-out")
+    monkeypatch.setattr(cache, "invert", _brightness_invert(1.0))
+    tables.score(row, quick, 10, log=lambda m: None)  # the main cache
+    monkeypatch.setattr(cache, "invert", _brightness_invert(1.001))  # "another device"
+    other = tmp_path / "other"
+    crossdevice.invert_row(row, quick, 10, other, log=lambda m: None)
+    before = {p.name: p.read_text() for p in other.iterdir()}
+    out = crossdevice.compare(other, row, quick, 10)
+    assert set(out["files"]) == set(before) and len(before) == 2  # model and reference
+    for f in out["files"].values():
+        assert f["images"] == 30 and f["identical"] == 0
+        assert f["rel_diff_max"] == pytest.approx(1e-3, rel=1e-3)
+    # the same factor on model and reference leaves every calibrated loss as it was
+    assert out["same_verdicts"] == 20
+    assert out["scores"]["main"]["auc"] == out["scores"]["other"]["auc"]
+    assert {p.name: p.read_text() for p in other.iterdir()} == before  # compare wrote nothing
+    with pytest.raises(ValueError, match="no accuracy row"):
+        crossdevice.find_row("no such row")

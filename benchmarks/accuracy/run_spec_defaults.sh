@@ -5,6 +5,7 @@
 # middle of its range first; Table 2's photo rows run after it (they cost most).
 # Output: benchmarks/accuracy/logs/spec-defaults.log; after an early stop,
 # `python -m benchmarks.accuracy 2 3 4 5 7 --partial` writes whatever rows are measured.
+# Last, Table 5 at other learning rates (diagnosis) and the trimmed-profile rescoring.
 set -e
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-.venv/bin/python}
@@ -17,3 +18,5 @@ run 7 --rows "50 %" "70 %" "90 %"
 run 7
 run 2
 run 5
+run 5lr
+$PY -m benchmarks.accuracy trim

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -158,7 +159,8 @@ def auc(pos: np.ndarray, neg: np.ndarray) -> float:
     return float(auc_diverged_last(np.concatenate([pos, neg]), labels))
 
 
-def seed_from_shipped_profile(model: str, config: InversionConfig, n: int) -> int:
+def seed_from_shipped_profile(model: str, config: InversionConfig, n: int,
+                              root: Path | None = None) -> int:
     """Put a shipped profile's measured losses in the cache when its settings match."""
     path = shipped_profile(f"builtin:{model}")
     if path is None:
@@ -173,24 +175,28 @@ def seed_from_shipped_profile(model: str, config: InversionConfig, n: int) -> in
     if gen.param_hash != prof.model.get("param_hash") or ref.param_hash != prof.reference.get("param_hash"):
         return 0
     steps = config.steps * config.restarts
-    added = cache.seed(gen, images, config, np.array(prof.losses[:k]), steps)
-    added += cache.seed(ref, images, config, np.array(prof.ref_losses[:k]), steps)
+    added = cache.seed(gen, images, config, np.array(prof.losses[:k]), steps, root)
+    added += cache.seed(ref, images, config, np.array(prof.ref_losses[:k]), steps, root)
     return added
 
 
 def calibrated(model: str, spec: str, config: InversionConfig, n: int, calibrated_: bool,
-               log: Callable[[str], None], cached_only: bool = False) -> dict[str, np.ndarray]:
-    """Losses on M (and the reference) of a set, their ratio, and the steps run."""
+               log: Callable[[str], None], cached_only: bool = False,
+               root: Path | None = None) -> dict[str, np.ndarray]:
+    """Losses on M (and the reference) of a set, their ratio, and the steps run.
+
+    ``root``: the cache folder (default :data:`cache.CACHE_DIR`).
+    """
     if cached_only and sets.needs_training(spec):
         raise cache.NotCached(f"{spec}: its model is not trained yet")
     images = sets.load_set(spec, n)
     loss, steps = cache.losses(sets.load_model(model), images, config, spec, log,
-                               cached_only=cached_only)
+                               root=root, cached_only=cached_only)
     out = {"loss": loss, "steps": steps}
     if calibrated_:
         ref = zoo.load(zoo.default_reference(model))
         ref_loss, ref_steps = cache.losses(ref, images, config, spec, log,
-                                           cached_only=cached_only)
+                                           root=root, cached_only=cached_only)
         with np.errstate(divide="ignore", invalid="ignore"):
             out["calibrated"] = loss / ref_loss
         out.update(ref_loss=ref_loss, steps=steps + ref_steps)
@@ -201,7 +207,8 @@ def calibrated(model: str, spec: str, config: InversionConfig, n: int, calibrate
 
 
 def score(row: Row, config: InversionConfig, n: int, alpha: float = 0.05,
-          log: Callable[[str], None] = print, cached_only: bool = False) -> dict[str, Any]:
+          log: Callable[[str], None] = print, cached_only: bool = False,
+          root: Path | None = None) -> dict[str, Any]:
     """TP/FP/FN/TN, accuracy and AUC of one row, with the distributions for plotting.
 
     With ``cached_only`` a row whose losses are not all cached raises
@@ -209,9 +216,9 @@ def score(row: Row, config: InversionConfig, n: int, alpha: float = 0.05,
     """
     config = row.settings(config)
     if row.calibrated:
-        seed_from_shipped_profile(row.model, config, n)
+        seed_from_shipped_profile(row.model, config, n, root)
     prof, pos, neg = (
-        calibrated(row.model, spec, config, n, row.calibrated, log, cached_only)
+        calibrated(row.model, spec, config, n, row.calibrated, log, cached_only, root)
         for spec in row.specs)
     mu, sigma, n_prof, trimmed = belonging_stats(prof["calibrated"], alpha, row.trim_profile)
 
