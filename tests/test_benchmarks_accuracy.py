@@ -244,3 +244,20 @@ def test_crossdevice_compare_measures_loss_agreement_and_verdicts(tmp_cache, tmp
     assert {p.name: p.read_text() for p in other.iterdir()} == before  # compare wrote nothing
     with pytest.raises(ValueError, match="no accuracy row"):
         crossdevice.find_row("no such row")
+
+
+def test_reconstructions_pick_worst_then_best_and_refuse_uncached_sets(tmp_cache, tmp_path):
+    from benchmarks.accuracy import reconstructions
+
+    losses = np.array([0.5, np.nan, 0.1, 0.9, 0.2, 0.05])
+    assert reconstructions.extremes(losses, 2).tolist() == [1, 3, 2, 5]
+    assert reconstructions.extremes(losses[:3], 5).tolist() == [1, 2]
+    out = tmp_path / "grid.png"
+    assert reconstructions.main(["dcgan-mnist", "data:mnist-a", "--n", "4",
+                                 "--out", str(out)]) == 2  # nothing cached: a clear refusal
+    assert not out.exists()
+    images = np.zeros((2, 8, 8, 1), np.uint8)
+    recs = np.full((2, 8, 8, 1), 0.5, np.float32)
+    reconstructions.plot(images, [("mse", recs, np.array([0.1, 0.2]))], np.array([0.1, 0.2]),
+                         "title", out)
+    assert out.stat().st_size > 1000
