@@ -331,6 +331,7 @@ def _run_audit_command(
     model = _load_model(cfg.model, "--model")
     profile_path = _profile_path_for(cfg.model, cfg.profile)
     profile = _load_profile(profile_path)
+    _warn_failed_inversions(profile)
     ref_spec = _reference_spec_for(cfg.model, cfg.reference, profile)
     reference = _load_reference(ref_spec, defaulted=cfg.reference is None)
     config = _settings_from_profile(profile, model, reference, **flags)
@@ -537,7 +538,8 @@ def profile(
     Generates --samples images from the model, saves them as 8-bit images would be, inverts
     each on the model and on the reference, and stores the mean and spread of their
     calibrated losses. Audits must use the same model, reference and settings; they take
-    their settings from the profile.
+    their settings from the profile. The losses are also kept in OUT.progress.jsonl, so a
+    stopped build resumes and a rerun with --trim-outliers or another --alpha inverts nothing.
     """
     import dataclasses
 
@@ -552,6 +554,9 @@ def profile(
     extra = {} if batch_size is None else {"max_batch": batch_size * restarts}
     config = InversionConfig(steps=steps, restarts=restarts, lr=lr, metric=metric, seed=seed, **extra)
     out_path = Path(out or f"profile-{gen.name}.json")
+    # Every measured loss is kept beside the profile: a stopped build resumes, and a rerun
+    # with other statistics (--alpha, --trim-outliers) inverts nothing.
+    resume = out_path.with_suffix(".progress.jsonl")
     if not quiet:
         ref_name = "none (uncalibrated)" if ref is None else ref.name
         err.print(
@@ -560,7 +565,7 @@ def profile(
         )
     if quiet:
         built = build_profile(gen, ref, n=samples, seed=seed, config=config, alpha=alpha,
-                              trim_outliers=trim_outliers)
+                              resume_path=resume, trim_outliers=trim_outliers)
     else:
         from rich.progress import (
             BarColumn,
@@ -575,7 +580,7 @@ def profile(
             built = build_profile(
                 gen, ref, n=samples, seed=seed, config=config, alpha=alpha,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
-                trim_outliers=trim_outliers,
+                resume_path=resume, trim_outliers=trim_outliers,
             )
     built = dataclasses.replace(
         built,
@@ -589,8 +594,19 @@ def profile(
         + (f" ({len(built.trimmed)} outliers trimmed)" if trim_outliers else "")
         + f", mean calibrated loss {built.mu:.4g}, sd {built.sigma:.4g}, "
         f"Grubbs critical value {built.critical_value:.4f} (alpha {built.alpha}). "
-        f"Audit with: ronan audit IMAGES --model {model} --profile {out_path}"
+        f"Audit with: ronan audit IMAGES --model {model} --profile {out_path}. "
+        f"Measured losses kept in {resume} (a rerun of this command reuses them)."
     )
+    _warn_failed_inversions(built)
+
+
+def _warn_failed_inversions(profile: Profile) -> None:
+    """Say so when a profile's statistics include failed inversions (it loosens every verdict)."""
+    from ronan_jax.profile import failed_inversion_warning
+
+    warning = failed_inversion_warning(profile)
+    if warning:
+        click.echo(f"Warning: {warning}", err=True)
 
 
 # -- audit ----------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -162,3 +164,23 @@ def test_interrupted_profile_build_resumes_from_its_progress_file(models, tmp_pa
     assert resumed.calibrated_losses == pytest.approx(full.calibrated_losses, rel=1e-5)
     assert calls == [2, 4, 6]
     assert len(progress.read_text().splitlines()) == 4  # only the missing chunk was redone
+
+
+def test_failed_inversions_are_isolated_high_losses_not_a_heavy_tail(profile):
+    from ronan_jax.profile import belonging_stats, failed_inversion_warning, failed_inversions
+
+    tail = np.random.default_rng(0).lognormal(0.0, 0.8, 100)  # right-skewed, no failure
+    assert failed_inversions(tail) == []
+    spiked = np.r_[tail, 11.0 * tail.max(), np.nan]
+    assert failed_inversions(spiked) == [100]
+    assert failed_inversions(np.r_[tail, 30 * tail.max(), 12 * tail.max()]) == [100, 101]
+    assert failed_inversions([1.0, 50.0, np.nan]) == []  # too few to tell
+    assert failed_inversion_warning(profile) is None
+    cal = np.r_[profile.calibrated_losses, 40.0 * max(profile.calibrated_losses)]
+    mu, sigma, n, _ = belonging_stats(cal)
+    failed = dataclasses.replace(profile, calibrated_losses=list(cal), mu=mu, sigma=sigma, n=n)
+    text = failed_inversion_warning(failed)
+    assert text is not None and text.startswith(f"1 of this profile's {cal.size} calibrated")
+    assert f"to {failed.threshold:.3g}" in text and f"from {profile.threshold:.3g}" in text
+    trimmed = dataclasses.replace(failed, trimmed=[cal.size - 1])
+    assert failed_inversion_warning(trimmed) is None  # already left out

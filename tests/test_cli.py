@@ -373,3 +373,23 @@ def test_demo_runs_end_to_end(fake_zoo, world, tmp_path):
     assert folders == {"generated-dcgan-mnist": 2, "real-mnist-unseen": 2, "generated-vae-mnist": 2}
     real = [r for r in rows if "real-mnist" in r["path"]]
     assert all(r["verdict"] == "non-belonging" for r in real)  # noise stands in for digits
+
+
+def test_audit_warns_when_the_profile_holds_a_failed_inversion(world, data, tmp_path, audited):
+    from ronan_jax.profile import belonging_stats
+
+    assert "Warning:" not in audited[2]  # the tiny world's own profile is sound
+    prof = json.loads(Path(world.profile).read_text())
+    cal = prof["calibrated_losses"] + [50.0 * max(prof["calibrated_losses"])]
+    mu, sigma, n, _ = belonging_stats(np.array(cal))
+    prof.update(calibrated_losses=cal, losses=prof["losses"] + [1.0], mu=mu, sigma=sigma, n=n)
+    if prof.get("ref_losses") is not None:
+        prof["ref_losses"] = prof["ref_losses"] + [1.0 / cal[-1]]
+    failed = tmp_path / "failed.json"
+    failed.write_text(json.dumps(prof))
+    args = audit_args(world, tmp_path / "w.sqlite", data / "good" / "belonging")
+    args[args.index("--profile") + 1] = failed
+    result = invoke(args)
+    assert result.exit_code == 0, result.output
+    assert "Warning: 1 of this profile's" in result.output
+    assert f"{cal[-1]:.3g}" in result.output and "--trim-outliers" in result.output

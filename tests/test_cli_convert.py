@@ -46,6 +46,7 @@ def test_converted_64px_dcgan_profiles_and_audits_end_to_end(converted, tmp_path
     written = json.loads(profile.read_text())
     assert f"({len(written['trimmed'])} outliers trimmed)" in res.output
     assert written["n"] == 12 - len(written["trimmed"])
+    _rerun_with_other_statistics_inverts_nothing(converted, profile, written)
     gen = load_generator(converted)
     own = quantize_8bit(np.asarray(gen.generate(jax.random.key(11), 4)))
     for i, img in enumerate(own):
@@ -68,6 +69,31 @@ def test_converted_64px_dcgan_profiles_and_audits_end_to_end(converted, tmp_path
     assert own_loss * 100 < photo_loss, (own_loss, photo_loss)
     assert verdicts == {**{f"own_{i}": "belonging" for i in range(4)},
                         **{f"photo_{i}": "non-belonging" for i in range(4)}}
+
+
+def _rerun_with_other_statistics_inverts_nothing(model: Path, profile: Path, first: dict) -> None:
+    """`ronan profile` again with the same output but other statistics reuses its losses."""
+    import ronan_jax.profile as profile_module
+
+    def refuse(*a, **k):
+        raise AssertionError("the rerun inverted an image again")
+
+    assert profile.with_suffix(".progress.jsonl").is_file()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(profile_module, "calibrated_losses", refuse)
+        res = invoke(["profile", "--model", model, "--reference", "none", "--samples", "12",
+                      "--steps", "80", "--restarts", "2", "--quiet", "--alpha", "0.01",
+                      "-o", profile])
+    assert res.exit_code == 0, res.output
+    again = json.loads(profile.read_text())
+    assert again["calibrated_losses"] == first["calibrated_losses"]
+    assert again["n"] == 12 and again["alpha"] == 0.01 and again["trimmed"] == []
+    assert "a rerun of this command reuses them" in res.output
+    res = invoke(["profile", "--model", model, "--reference", "none", "--samples", "12",
+                  "--steps", "80", "--restarts", "2", "--quiet", "--trim-outliers",
+                  "-o", profile])  # back to the settings the audit below expects
+    assert res.exit_code == 0 and json.loads(profile.read_text()) == {
+        **first, "created": json.loads(profile.read_text())["created"]}
 
 
 def test_bad_checkpoint_is_one_clear_usage_error(tmp_path):
