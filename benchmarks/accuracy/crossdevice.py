@@ -29,7 +29,7 @@ DEFAULT_ROW = "dcgan-mnist vs held-out real digits"
 
 
 def find_row(text: str) -> tables.Row:
-    """The first row of the ``core`` and numbered tables whose label contains ``text``."""
+    """The first row, in table order (``core`` first), whose label contains ``text``."""
     for _, rows in tables.TABLES.values():
         for row in rows:
             if text in row.label:
