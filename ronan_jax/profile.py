@@ -12,7 +12,7 @@ import datetime as _dt
 import importlib.metadata
 import json
 import platform
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from ronan_jax import grubbs
 from ronan_jax.config import InversionConfig
 from ronan_jax.generator import Generator
 from ronan_jax.invert import default_max_batch, invert
+from ronan_jax.profile_checks import failed_inversion_note
 
 PROFILE_FORMAT = 1
 
@@ -277,56 +278,10 @@ def belonging_stats(
     return float(np.mean(valid)), sigma, int(ok.sum()), trimmed
 
 
-# A profile loss this many times every lower one marks an inversion that failed. In the
-# accuracy benchmark's 11 profiles the largest loss was 1.0-1.8x the next one where the tail
-# was genuine, and 10-12x in the two profiles with a failed inversion (benchmarks/RESULTS.md,
-# "Trimmed profiles").
-FAILED_INVERSION_GAP = 5.0
-
-
-def failed_inversions(calibrated: Sequence[float] | np.ndarray,
-                      gap: float = FAILED_INVERSION_GAP) -> list[int]:
-    """Indices of profile losses standing more than ``gap`` times above all lower ones.
-
-    Looks only at the top tenth of the finite losses (at least the largest): a failed
-    inversion is a rare, isolated value, not a heavy tail.
-    """
-    cal = np.asarray(calibrated, np.float64)
-    idx = np.flatnonzero(np.isfinite(cal))
-    if idx.size < 4:
-        return []
-    order = idx[np.argsort(-cal[idx], kind="stable")]
-    vals = cal[order]
-    cut = 0
-    for k in range(max(1, idx.size // 10)):
-        if vals[k] > gap * vals[k + 1]:
-            cut = k + 1
-    return sorted(int(i) for i in order[:cut])
-
-
 def failed_inversion_warning(profile: Profile) -> str | None:
     """A warning when the profile's mu and sigma include losses of failed inversions."""
-    cal = np.asarray(profile.calibrated_losses or [], np.float64)
-    bad = [i for i in failed_inversions(cal) if i not in set(profile.trimmed)]
-    if not bad:
-        return None
-    keep = np.ones(cal.size, bool)
-    keep[bad] = False
-    keep[list(profile.trimmed)] = False
-    rest = cal[keep & np.isfinite(cal)]
-    mu, sigma = float(np.mean(rest)), float(np.std(rest, ddof=1))
-    without = mu + grubbs.critical_value(rest.size, profile.alpha) * sigma
-    shown = ", ".join(f"{cal[i]:.3g}" for i in bad)
-    one = len(bad) == 1
-    return (f"{len(bad)} of this profile's {cal.size} calibrated losses ({shown}) "
-            f"{'stands' if one else 'stand'} more than {FAILED_INVERSION_GAP:g}x above every "
-            f"other (next: {np.max(rest):.3g}, median {np.median(rest):.3g}): "
-            f"{'that inversion' if one else 'those inversions'} probably failed. "
-            f"{'It raises' if one else 'They raise'} the belonging threshold from "
-            f"{without:.3g} to {profile.threshold:.3g}, so images of other origins can pass "
-            "as belonging. Rerun `ronan profile` with --trim-outliers to leave "
-            f"{'it' if one else 'them'} out (with the same output it reuses its "
-            "measured losses).")
+    return failed_inversion_note(profile.calibrated_losses or [], profile.trimmed,
+                                 profile.alpha, profile.threshold)
 
 
 def _read_resume(path: str | Path | None, ident: dict[str, Any]) -> dict[int, tuple[float, float | None]]:

@@ -167,7 +167,8 @@ def test_interrupted_profile_build_resumes_from_its_progress_file(models, tmp_pa
 
 
 def test_failed_inversions_are_isolated_high_losses_not_a_heavy_tail(profile):
-    from ronan_jax.profile import belonging_stats, failed_inversion_warning, failed_inversions
+    from ronan_jax.profile import belonging_stats, failed_inversion_warning
+    from ronan_jax.profile_checks import failed_inversions
 
     tail = np.random.default_rng(0).lognormal(0.0, 0.8, 100)  # right-skewed, no failure
     assert failed_inversions(tail) == []

@@ -338,3 +338,16 @@ def test_relative_evidence_paths_resolve_against_evidence_root(tmp_path):
 def test_report_package_does_not_import_jax():
     code = "import sys, ronan_jax.report; assert 'jax' not in sys.modules, 'jax imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_report_warns_when_the_profile_holds_a_failed_inversion(tmp_path):
+    rows, prof = _scored_rows(tmp_path, evidence=False)
+    sound = render_report(rows, prof, {}, out_path=tmp_path / "sound.html").read_text()
+    assert "probably failed" not in sound
+    failed = dict(prof, calibrated_losses=prof["calibrated_losses"] + [40.0])
+    html = render_report(rows, failed, {}, out_path=tmp_path / "failed.html").read_text()
+    assert "Warning: 1 of this profile&#39;s 21 calibrated losses (40)" in html
+    assert "probably failed" in html and "measured losses).</div>" in html
+    trimmed = dict(failed, trimmed=[20])
+    html = render_report(rows, trimmed, {}, out_path=tmp_path / "trimmed.html").read_text()
+    assert "probably failed" not in html  # already left out of mu and sigma

@@ -171,6 +171,17 @@ def _consistency_notes(rows: list[Mapping[str, Any]], prof: dict[str, Any] | Non
     return notes
 
 
+def _profile_notes(profile: Mapping[str, Any] | None, prof: dict[str, Any] | None) -> list[str]:
+    """The profile's own warning: failed inversions inflating its threshold."""
+    if profile is None or prof is None or prof["threshold"] is None or prof["alpha"] is None:
+        return []
+    from ronan_jax.profile_checks import failed_inversion_note
+
+    note = failed_inversion_note(profile.get("calibrated_losses") or [],
+                                 profile.get("trimmed") or [], prof["alpha"], prof["threshold"])
+    return [] if note is None else [note.rstrip(".")]  # the page adds the full stop
+
+
 def _histogram(
     ok_rows: list[Mapping[str, Any]],
     labels: Mapping[str, bool] | None,
@@ -329,7 +340,7 @@ def render_report(
         "run_meta": list(run_meta.items()),
         "summary": summary,
         "profile": prof,
-        "notes": _consistency_notes(ok_rows, prof),
+        "notes": _consistency_notes(ok_rows, prof) + _profile_notes(profile, prof),
         "errors": [
             {
                 "path": str(r["path"]),
