@@ -53,6 +53,8 @@ def failed_inversion_note(calibrated: Sequence[float], trimmed: Sequence[int], a
     rest = cal[keep]
     without = float(np.mean(rest)) + grubbs.critical_value(rest.size, alpha) * float(
         np.std(rest, ddof=1))
+    if threshold <= 1.01 * without:
+        return None  # the profile's mu and sigma evidently leave them out already
     shown = ", ".join(f"{cal[i]:.3g}" for i in bad)
     one = len(bad) == 1
     return (f"{len(bad)} of this profile's {cal.size} calibrated losses ({shown}) "

@@ -344,7 +344,12 @@ def test_report_warns_when_the_profile_holds_a_failed_inversion(tmp_path):
     rows, prof = _scored_rows(tmp_path, evidence=False)
     sound = render_report(rows, prof, {}, out_path=tmp_path / "sound.html").read_text()
     assert "probably failed" not in sound
-    failed = dict(prof, calibrated_losses=prof["calibrated_losses"] + [40.0])
+    cal = prof["calibrated_losses"] + [40.0]
+    failed = dict(prof, calibrated_losses=cal, mu=float(np.mean(cal)),
+                  sigma=float(np.std(cal, ddof=1)), n=21)
+    stats_without = dict(prof, calibrated_losses=cal)  # mu and sigma of the other 20
+    html = render_report(rows, stats_without, {}, out_path=tmp_path / "w.html").read_text()
+    assert "probably failed" not in html
     html = render_report(rows, failed, {}, out_path=tmp_path / "failed.html").read_text()
     assert "Warning: 1 of this profile&#39;s 21 calibrated losses (40)" in html
     assert "probably failed" in html and "measured losses).</div>" in html
