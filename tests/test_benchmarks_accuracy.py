@@ -231,7 +231,7 @@ def test_crossdevice_compare_measures_loss_agreement_and_verdicts(tmp_cache, tmp
     tables.score(row, quick, 10, log=lambda m: None)  # the main cache
     monkeypatch.setattr(cache, "invert", _brightness_invert(1.001))  # "another device"
     other = tmp_path / "other"
-    crossdevice.invert_row(row, quick, 10, other, log=lambda m: None)
+    crossdevice.invert_row(row, quick, 10, other)
     before = {p.name: p.read_text() for p in other.iterdir()}
     out = crossdevice.compare(other, row, quick, 10)
     assert set(out["files"]) == set(before) and len(before) == 2  # model and reference

@@ -21,8 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.accuracy import cache, sets, tables
-from ronan_jax import zoo
+from benchmarks.accuracy import cache, tables, workers
 from ronan_jax.config import InversionConfig
 
 DEFAULT_ROW = "dcgan-mnist vs held-out real digits"
@@ -37,16 +36,11 @@ def find_row(text: str) -> tables.Row:
     raise ValueError(f"no accuracy row's label contains {text!r}")
 
 
-def invert_row(row: tables.Row, config: InversionConfig, n: int, root: Path,
-               log=print) -> float:
+def invert_row(row: tables.Row, config: InversionConfig, n: int, root: Path) -> float:
     """Invert every image the row needs (model and reference) into the cache at ``root``."""
-    config = row.settings(config)
-    models = [row.model] + ([zoo.default_reference(row.model)] if row.calibrated else [])
     t0 = time.time()
-    for spec in row.specs:
-        images = sets.load_set(spec, n)
-        for name in models:
-            cache.losses(sets.load_model(name), images, config, spec, log, root=root)
+    for job in workers.plan([row], config, n):
+        workers.run_job(job, cache_root=root)
     return time.time() - t0
 
 
