@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 from ronan_jax import zoo
-from ronan_jax.config import InversionConfig
-from ronan_jax.profile import build_profile
+from ronan_jax.attribution.profile import build_profile
+from ronan_jax.engine.config import InversionConfig
 
 DEMO_STEPS = 100
 

@@ -15,10 +15,10 @@ import time
 import jax
 import numpy as np
 
-from ronan_jax.config import InversionConfig
-from ronan_jax.invert import default_max_batch, invert
+from ronan_jax.attribution.profile import quantize_8bit
+from ronan_jax.engine.config import InversionConfig
+from ronan_jax.engine.invert import default_max_batch, invert
 from ronan_jax.models import dcgan
-from ronan_jax.profile import quantize_8bit
 
 
 def seconds_per_image(gen, images: np.ndarray, config: InversionConfig, repeats: int = 2) -> tuple[float, float]:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ronan_jax.grubbs import critical_value, p_values, z_scores
+from ronan_jax.attribution.grubbs import critical_value, p_values, z_scores
 from ronan_jax.report import compute_summary, render_report
 
 # Seven-segment layout: (row0, col0, row1, col1) in a 7 x 4 cell grid, then which digits use it.

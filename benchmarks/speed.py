@@ -71,12 +71,12 @@ import jax
 import numpy as np
 
 from benchmarks import floor as floor_mod
-from ronan_jax.attribute import attribute
-from ronan_jax.config import InversionConfig
-from ronan_jax.generator import Generator
-from ronan_jax.invert import _segments, default_max_batch, invert, resolve_loop
+from ronan_jax.attribution.attribute import attribute
+from ronan_jax.attribution.profile import Profile, build_profile, quantize_8bit
+from ronan_jax.engine.config import InversionConfig
+from ronan_jax.engine.generator import Generator
+from ronan_jax.engine.invert import _segments, default_max_batch, invert, resolve_loop
 from ronan_jax.models import dcgan
-from ronan_jax.profile import Profile, build_profile, quantize_8bit
 from ronan_jax.report._summary import auc_diverged_last
 
 SPEC_STEPS = 1500

@@ -11,7 +11,7 @@
 Formats are dispatched through one table, :data:`CONVERTERS` (format -> module, function).
 A format module's function takes ``(src, **options)`` and returns a
 :class:`converters.base.Converted`; it reads and verifies, and only :func:`convert` writes
-(with ``ronan_jax.checkpoint.save_generator``), so every card records the same provenance:
+(with ``ronan_jax.models.checkpoint.save_generator``), so every card records the same provenance:
 architecture config, source file SHA-256, converter version, options and the summary.
 """
 
@@ -32,7 +32,7 @@ from converters.errors import (
     preview,
 )
 from converters.readers import sniff
-from ronan_jax.checkpoint import save_generator
+from ronan_jax.models.checkpoint import save_generator
 
 # format -> (module, function); the function is (src, **options) -> Converted.
 CONVERTERS: dict[str, tuple[str, str]] = {

@@ -2,7 +2,7 @@
 
 A format module exposes ``convert_<family>(src, **options) -> Converted``: it reads and
 verifies, it writes nothing. :func:`converters.api.convert` writes the result with
-``ronan_jax.checkpoint.save_generator`` and records provenance in the model card.
+``ronan_jax.models.checkpoint.save_generator`` and records provenance in the model card.
 """
 
 from __future__ import annotations

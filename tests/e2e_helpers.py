@@ -51,8 +51,8 @@ def save_tiny_dcgan(path: Path, seed: int, name: str) -> Path:
     """A random tiny DCGAN checkpoint (untrained, but it draws varied images)."""
     import jax
 
-    from ronan_jax.checkpoint import save_generator
     from ronan_jax.models import dcgan
+    from ronan_jax.models.checkpoint import save_generator
 
     cfg = dcgan.DCGANConfig(**TINY)
     variables = dcgan.random_variables(cfg, jax.random.key(seed), batch=64)
@@ -76,8 +76,8 @@ def tiny_world(base: Path) -> TinyWorld:
         return _CACHE[key]
     import jax
 
-    from ronan_jax.checkpoint import load_generator
-    from ronan_jax.profile import quantize_8bit
+    from ronan_jax.attribution.profile import quantize_8bit
+    from ronan_jax.models.checkpoint import load_generator
 
     root = base / "tiny"
     root.mkdir(parents=True, exist_ok=True)
@@ -115,9 +115,9 @@ def write_mixed_folder(world: TinyWorld, root: Path, n: int = 8) -> Path:
 
 def load_engine(world: TinyWorld) -> tuple[Any, Any, Any, Any]:
     """(model, reference, profile, config) of the tiny world, as an audit loads them."""
-    from ronan_jax.attribute import config_from_profile
-    from ronan_jax.checkpoint import load_generator
-    from ronan_jax.profile import Profile
+    from ronan_jax.attribution.attribute import config_from_profile
+    from ronan_jax.attribution.profile import Profile
+    from ronan_jax.models.checkpoint import load_generator
 
     profile = Profile.load(world.profile)
     return (load_generator(world.model), load_generator(world.reference), profile,
@@ -171,7 +171,7 @@ def make_tar(path: Path, members: dict[str, bytes]) -> Path:
 
 def db_rows(db: Path) -> list[dict[str, Any]]:
     """Every result row of a results database (one config key expected)."""
-    from ronan_jax.store import ResultStore
+    from ronan_jax.results.store import ResultStore
 
     with ResultStore(db) as store:
         return list(store.iter_results())

@@ -8,11 +8,16 @@ import jax
 import numpy as np
 import pytest
 
-from ronan_jax.attribute import attribute, config_from_profile
-from ronan_jax.config import InversionConfig
-from ronan_jax.invert import invert
+from ronan_jax.attribution.attribute import attribute, config_from_profile
+from ronan_jax.attribution.profile import (
+    Profile,
+    ProfileMismatchError,
+    build_profile,
+    quantize_8bit,
+)
+from ronan_jax.engine.config import InversionConfig
+from ronan_jax.engine.invert import invert
 from ronan_jax.models import dcgan
-from ronan_jax.profile import Profile, ProfileMismatchError, build_profile, quantize_8bit
 
 CFG = InversionConfig(steps=120, restarts=4, lr=0.1, loop="chunked", unroll=20, max_batch=512, check_every=20)
 
@@ -96,7 +101,7 @@ def test_profile_is_reproducible_from_its_seed(models):
 
 
 def test_trimmed_profile_leaves_failed_inversions_out_of_mu_and_sigma(models, profile):
-    from ronan_jax.profile import belonging_stats
+    from ronan_jax.attribution.profile import belonging_stats
 
     cal = np.array(profile.calibrated_losses)
     plain = belonging_stats(cal)
@@ -167,8 +172,8 @@ def test_interrupted_profile_build_resumes_from_its_progress_file(models, tmp_pa
 
 
 def test_failed_inversions_are_isolated_high_losses_not_a_heavy_tail(profile):
-    from ronan_jax.profile import belonging_stats, failed_inversion_warning
-    from ronan_jax.profile_checks import failed_inversions
+    from ronan_jax.attribution.profile import belonging_stats, failed_inversion_warning
+    from ronan_jax.attribution.profile_checks import failed_inversions
 
     tail = np.random.default_rng(0).lognormal(0.0, 0.8, 100)  # right-skewed, no failure
     assert failed_inversions(tail) == []

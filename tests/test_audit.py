@@ -19,7 +19,7 @@ from e2e_helpers import (
     write_mixed_folder,
 )
 
-from ronan_jax import audit as audit_mod
+from ronan_jax.attribution.profile import ProfileMismatchError
 from ronan_jax.audit import (
     AuditConfig,
     AuditProgress,
@@ -30,9 +30,9 @@ from ronan_jax.audit import (
     run_audit,
     run_config,
 )
-from ronan_jax.checkpoint import load_generator
-from ronan_jax.profile import ProfileMismatchError
-from ronan_jax.store import ResultStore, make_config_key
+from ronan_jax.audit import run as audit_mod
+from ronan_jax.models.checkpoint import load_generator
+from ronan_jax.results.store import ResultStore, make_config_key
 
 
 @pytest.fixture(scope="session")
@@ -214,7 +214,7 @@ def test_audit_config():
 
 
 def test_save_png_images_round_trip(tmp_path):
-    from ronan_jax.io import decode_image
+    from ronan_jax.inputs import decode_image
 
     imgs = np.random.default_rng(0).random((2, 16, 16, 1)).astype(np.float32)
     paths = audit_mod.save_png_images(imgs, tmp_path, "x")
@@ -226,7 +226,7 @@ def test_save_png_images_round_trip(tmp_path):
 
 def test_default_batch_size_per_device():
     from ronan_jax.audit import default_batch_size
-    from ronan_jax.config import InversionConfig
+    from ronan_jax.engine.config import InversionConfig
 
     assert default_batch_size(InversionConfig(), "cpu") == 16
     assert default_batch_size(InversionConfig(max_batch=256, restarts=8), "gpu") == 32
@@ -237,7 +237,7 @@ def test_default_batch_size_gives_every_device_a_full_call(monkeypatch):
     import jax
 
     from ronan_jax.audit import default_batch_size
-    from ronan_jax.config import InversionConfig
+    from ronan_jax.engine.config import InversionConfig
 
     monkeypatch.setattr(jax, "local_device_count", lambda backend=None: 4)
     cfg = InversionConfig(max_batch=256, restarts=8)

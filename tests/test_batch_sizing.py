@@ -18,23 +18,22 @@ from e2e_helpers import (
     write_mixed_folder,
 )
 
-from ronan_jax import audit as audit_mod
+from ronan_jax.attribution.profile import ProfileMismatchError
+from ronan_jax.audit import run as audit_mod
 from ronan_jax.audit import run_audit
-from ronan_jax.batch_sizing import (
+from ronan_jax.audit.sizing import (
     INTERNAL,
     OUT_OF_MEMORY,
     SAFETY,
     BatchSizer,
-    call_bytes,
     is_out_of_memory,
-    per_image_bytes,
     plan,
     run_fitting,
 )
-from ronan_jax.checkpoint import load_generator
-from ronan_jax.config import InversionConfig
-from ronan_jax.profile import ProfileMismatchError
-from ronan_jax.store import ResultStore
+from ronan_jax.engine.config import InversionConfig
+from ronan_jax.engine.memory import call_bytes, per_image_bytes
+from ronan_jax.models.checkpoint import load_generator
+from ronan_jax.results.store import ResultStore
 
 
 def oom() -> Exception:

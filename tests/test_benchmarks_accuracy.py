@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from benchmarks.accuracy import cache, sets, tables, workers
-from ronan_jax.config import InversionConfig
+from ronan_jax.engine.config import InversionConfig
 
 TINY = InversionConfig(steps=6, restarts=2)
 

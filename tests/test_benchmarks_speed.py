@@ -13,9 +13,9 @@ torch = pytest.importorskip("torch")
 
 from benchmarks import floor, speed  # noqa: E402
 from benchmarks import torch_baseline as tb  # noqa: E402
-from ronan_jax.config import InversionConfig  # noqa: E402
+from ronan_jax.attribution.profile import quantize_8bit  # noqa: E402
+from ronan_jax.engine.config import InversionConfig  # noqa: E402
 from ronan_jax.models import dcgan  # noqa: E402
-from ronan_jax.profile import quantize_8bit  # noqa: E402
 
 TINY = dcgan.DCGANConfig(nz=16, ngf=8, ndf=8, nc=1, depth=4)
 

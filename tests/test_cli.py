@@ -277,7 +277,7 @@ def test_help_texts_name_the_flags():
 
 def test_metric_names_match_the_engine():
     from ronan_jax.cli import METRIC_NAMES
-    from ronan_jax.metrics import METRICS
+    from ronan_jax.engine.metrics import METRICS
 
     assert sorted(METRICS) == sorted(METRIC_NAMES)
 
@@ -299,8 +299,8 @@ def fake_zoo(world: TinyWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     """Replace ronan_jax.zoo by tiny models: dcgan-mnist (the world's model), vae-mnist
     (another model), tiny-ref (the reference); shipped profiles in a temp folder."""
     import ronan_jax
-    from ronan_jax import models_resolver
-    from ronan_jax.checkpoint import load_generator, read_card
+    from ronan_jax.models import resolver as models_resolver
+    from ronan_jax.models.checkpoint import load_generator, read_card
 
     paths = {"dcgan-mnist": world.model, "vae-mnist": world.other, "tiny-ref": world.reference}
 
@@ -376,7 +376,7 @@ def test_demo_runs_end_to_end(fake_zoo, world, tmp_path):
 
 
 def test_audit_warns_when_the_profile_holds_a_failed_inversion(world, data, tmp_path, audited):
-    from ronan_jax.profile import belonging_stats
+    from ronan_jax.attribution.profile import belonging_stats
 
     assert "Warning:" not in audited[2]  # the tiny world's own profile is sound
     prof = json.loads(Path(world.profile).read_text())

@@ -18,7 +18,7 @@ from converters.errors import (
     FormatNotAvailableError,
     UnknownFormatError,
 )
-from ronan_jax.checkpoint import load_generator, read_card
+from ronan_jax.models.checkpoint import load_generator, read_card
 
 torch.set_num_threads(1)
 

@@ -23,7 +23,7 @@ from converters.errors import (
     KeyMismatchError,
     UnsafeCheckpointError,
 )
-from ronan_jax.checkpoint import load_generator
+from ronan_jax.models.checkpoint import load_generator
 
 torch.set_num_threads(1)
 

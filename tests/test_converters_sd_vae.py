@@ -16,8 +16,8 @@ from diffusers import AutoencoderKL
 from converters.api import convert, detect_format
 from converters.errors import ArchitectureError, CorruptCheckpointError, KeyMismatchError
 from converters.sd_vae import convert_sd_vae, vae_key_map
-from ronan_jax.checkpoint import load_generator
 from ronan_jax.models import sd_vae
+from ronan_jax.models.checkpoint import load_generator
 
 torch.set_num_threads(1)
 

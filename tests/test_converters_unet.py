@@ -22,8 +22,8 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 
 from converters.diffusers_unet import convert_unet, unet_key_map  # noqa: E402
 from converters.errors import ArchitectureError, KeyMismatchError  # noqa: E402
-from ronan_jax.checkpoint import load_generator, save_generator  # noqa: E402
 from ronan_jax.models import diffusion, unet2d  # noqa: E402
+from ronan_jax.models.checkpoint import load_generator, save_generator  # noqa: E402
 
 TINY = dict(
     sample_size=16,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from ronan_jax.grubbs import (
+from ronan_jax.attribution.grubbs import (
     GrubbsResult,
     critical_value,
     grubbs_test,
@@ -195,7 +195,7 @@ def test_non_finite_losses_raise_with_count_and_indices() -> None:
 
 
 def test_high_outliers_drops_failed_inversions_only():
-    from ronan_jax import grubbs
+    from ronan_jax.attribution import grubbs
 
     rng = np.random.default_rng(0)
     body = rng.normal(0.1, 0.02, 98)

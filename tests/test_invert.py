@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ronan_jax.config import InversionConfig
-from ronan_jax.generator import Generator
-from ronan_jax.invert import compiled_program, image_key, invert, resolve_loop
+from ronan_jax.engine.config import InversionConfig
+from ronan_jax.engine.generator import Generator
+from ronan_jax.engine.invert import compiled_program, image_key, invert, resolve_loop
 from ronan_jax.models import dcgan
 
 CFG = InversionConfig(steps=40, restarts=4, lr=0.1, loop="chunked", unroll=10)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ronan_jax.io.batcher import Batcher
-from ronan_jax.io.decode import sha256
-from ronan_jax.io.sources import ImageRecord
+from ronan_jax.inputs.batcher import Batcher
+from ronan_jax.inputs.decode import sha256
+from ronan_jax.inputs.sources import ImageRecord
 
 
 def png(value: int, size: int = 2) -> bytes:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ronan_jax.io.decode import (
+from ronan_jax.inputs.decode import (
     ERROR_KINDS,
     ImageDecodeError,
     decode_image,

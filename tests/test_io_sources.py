@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ronan_jax.io import sources
-from ronan_jax.io.sources import (
+from ronan_jax.inputs import sources
+from ronan_jax.inputs.sources import (
     DirSource,
     GlobSource,
     ListFileSource,
@@ -178,6 +178,6 @@ def test_record_key_uses_empty_string_for_plain_files(tree):
 
 
 def test_io_and_store_import_without_jax():
-    code = "import sys, ronan_jax.io, ronan_jax.store; print('jax' in sys.modules)"
+    code = "import sys, ronan_jax.inputs, ronan_jax.results.store; print('jax' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -11,8 +11,8 @@ from skimage import data
 from skimage.metrics import structural_similarity
 from skimage.transform import resize
 
-from ronan_jax import metrics
-from ronan_jax.metrics import METRICS, get_metric, mae, mse, perceptual, ssim, ssim_loss
+from ronan_jax.engine import metrics
+from ronan_jax.engine.metrics import METRICS, get_metric, mae, mse, perceptual, ssim, ssim_loss
 
 
 def _rng(seed: int = 0) -> np.random.Generator:

@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ronan_jax.checkpoint import check_tree, load_generator, save_generator
-from ronan_jax.generator import to_channels
+from ronan_jax.engine.generator import to_channels
 from ronan_jax.models import conv_decoder as cd
+from ronan_jax.models.checkpoint import check_tree, load_generator, save_generator
 
 CFG = cd.ConvDecoderConfig(latent_channels=4, nc=3, widths=(8, 8, 4), n_res=1)
 

@@ -12,8 +12,8 @@ diffusers = pytest.importorskip("diffusers")
 
 from converters.consistency import convert_consistency  # noqa: E402
 from converters.errors import ArchitectureError  # noqa: E402
-from ronan_jax.checkpoint import load_generator, save_generator  # noqa: E402
 from ronan_jax.models import diffusion  # noqa: E402
+from ronan_jax.models.checkpoint import load_generator, save_generator  # noqa: E402
 
 # ----------------------------------------------------------------------------- DDIM schedule
 

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ronan_jax.checkpoint import check_tree, load_generator, save_generator
 from ronan_jax.models import vae
+from ronan_jax.models.checkpoint import check_tree, load_generator, save_generator
 from ronan_jax.models.registry import get_architecture
 
 CFG = vae.VAEConfig(latent_dim=8, image_size=16, nc=1, nf=8, n_up=2)

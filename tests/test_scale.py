@@ -1,4 +1,4 @@
-"""Scale out (ronan_jax.parallel): an audit split over 4 local devices, and over 2 processes
+"""Scale out (ronan_jax.engine.mesh): an audit split over 4 local devices, and over 2 processes
 started with jax.distributed and merged, gives the rows of a plain single-device run.
 
 Device counts are fixed when JAX starts, so the multi-device runs are subprocesses with
@@ -28,14 +28,9 @@ from e2e_helpers import (
     write_png,
 )
 
-from ronan_jax.config import InversionConfig
-from ronan_jax.parallel import (
-    ProcessSettings,
-    ProcessShard,
-    initialize_processes,
-    round_up,
-    shard_index,
-)
+from ronan_jax.audit.shards import ProcessSettings, ProcessShard, initialize_processes, shard_index
+from ronan_jax.engine.config import InversionConfig
+from ronan_jax.engine.mesh import round_up
 
 STEPS, RESTARTS, SAMPLES, BATCH = 20, 2, 8, 8
 N_EACH = 7  # 7 generated + 7 noise images + 1 unreadable file: 15 inputs, batches of 8 and 7
@@ -59,8 +54,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     of generated images, noise and one file that is not an image."""
     import jax
 
-    from ronan_jax.checkpoint import load_generator
-    from ronan_jax.profile import quantize_8bit
+    from ronan_jax.attribution.profile import quantize_8bit
+    from ronan_jax.models.checkpoint import load_generator
 
     root = tmp_path_factory.mktemp("scale")
     model = save_tiny_dcgan(root / "model", 0, "tiny-model")
@@ -126,10 +121,10 @@ DEVICES_SCRIPT = r"""
 import json, sys
 import jax, numpy as np
 assert jax.local_device_count() == 4, jax.local_devices()
-import ronan_jax.invert as inv
-from ronan_jax.checkpoint import load_generator
+import ronan_jax.engine.invert as inv
+from ronan_jax.models.checkpoint import load_generator
 from ronan_jax.cli import main
-from ronan_jax.config import InversionConfig
+from ronan_jax.engine.config import InversionConfig
 
 # Record how the engine places arrays: the leading axis must be split over the 4 devices.
 split = []

@@ -8,7 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from ronan_jax.store import (
+from ronan_jax.results.store import (
     SCHEMA_VERSION,
     ResultStore,
     SchemaVersionError,
@@ -133,7 +133,7 @@ def test_a_killed_process_mid_batch_leaves_no_partial_rows(tmp_path):
     script = textwrap.dedent(
         f"""
         import os
-        from ronan_jax.store import ResultStore
+        from ronan_jax.results.store import ResultStore
 
         class Killer(dict):
             def get(self, key, default=None):

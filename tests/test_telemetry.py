@@ -10,11 +10,17 @@ import numpy as np
 import pytest
 from e2e_helpers import BATCH, RESTARTS, STEPS, TinyWorld, tiny_world, write_mixed_folder
 
+from ronan_jax.attribution.profile import Profile
 from ronan_jax.audit import run_audit
-from ronan_jax.checkpoint import load_generator
-from ronan_jax.profile import Profile
-from ronan_jax.store import ResultStore
-from ronan_jax.telemetry import MEMORY_RSS, WorkSummary, memory_in_use, step_counts, summarize
+from ronan_jax.models.checkpoint import load_generator
+from ronan_jax.results.store import ResultStore
+from ronan_jax.results.telemetry import (
+    MEMORY_RSS,
+    WorkSummary,
+    memory_in_use,
+    step_counts,
+    summarize,
+)
 
 
 def test_memory_in_use_falls_back_to_the_process_on_cpu():
@@ -70,7 +76,7 @@ def folder(world: TinyWorld, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def audit(world, folder, db, profile):
-    from ronan_jax.attribute import config_from_profile
+    from ronan_jax.attribution.attribute import config_from_profile
 
     model, reference = load_generator(world.model), load_generator(world.reference)
     with ResultStore(db) as store:
@@ -100,7 +106,7 @@ def test_every_batch_leaves_a_telemetry_row(world, folder, tmp_path):
 
 
 def test_early_stopping_shows_as_steps_saved(world, folder, tmp_path):
-    from ronan_jax.attribute import config_from_profile
+    from ronan_jax.attribution.attribute import config_from_profile
     from ronan_jax.cli import _work_note, summary_paragraph
 
     base = Profile.load(world.profile)

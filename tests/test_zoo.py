@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from ronan_jax import zoo
-from ronan_jax.checkpoint import CheckpointError
-from ronan_jax.generator import to_channels
+from ronan_jax.engine.generator import to_channels
+from ronan_jax.models.checkpoint import CheckpointError
 
 NAMES = ["dcgan-mnist", "vae-mnist", "dcgan-mnist-b", "dcgan-photo", "ref-photo"]
 SHAPES = {

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ronan_jax import zoo
-from ronan_jax.profile import Profile
+from ronan_jax.attribution.profile import Profile
 
 PROFILES = sorted((Path(zoo.__file__).parent / "profiles").glob("*.json"))
 

@@ -12,7 +12,7 @@ pytest.importorskip("mlxtend")
 pytest.importorskip("skimage")
 pytest.importorskip("sklearn")
 
-from ronan_jax.checkpoint import CheckpointError, load_generator
+from ronan_jax.models.checkpoint import CheckpointError, load_generator
 from ronan_jax.zoo import train as zoo_train
 
 GRID_PX = (8 * (32 + 2) + 2) * 3

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from benchmarks.accuracy import cache, plot, tables, workers
-from ronan_jax.config import InversionConfig
+from ronan_jax.engine.config import InversionConfig
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

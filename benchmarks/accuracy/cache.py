@@ -21,9 +21,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from ronan_jax.config import InversionConfig
-from ronan_jax.generator import Generator
-from ronan_jax.invert import default_max_batch, invert
+from ronan_jax.engine.config import InversionConfig
+from ronan_jax.engine.generator import Generator
+from ronan_jax.engine.invert import default_max_batch, invert
 
 CACHE_DIR = Path(__file__).resolve().parent / "cache"
 

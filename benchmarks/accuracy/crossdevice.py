@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.accuracy import cache, tables, workers
-from ronan_jax.config import InversionConfig
+from ronan_jax.engine.config import InversionConfig
 
 DEFAULT_ROW = "dcgan-mnist vs held-out real digits"
 

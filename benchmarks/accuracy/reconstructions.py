@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.accuracy import cache, sets
-from ronan_jax.config import InversionConfig
-from ronan_jax.invert import invert
+from ronan_jax.engine.config import InversionConfig
+from ronan_jax.engine.invert import invert
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 
 from benchmarks.accuracy import cache, sets
-from ronan_jax import grubbs, zoo
-from ronan_jax.config import InversionConfig
-from ronan_jax.models_resolver import shipped_profile
-from ronan_jax.profile import Profile, belonging_stats
+from ronan_jax.attribution import grubbs, zoo
+from ronan_jax.attribution.profile import Profile, belonging_stats
+from ronan_jax.engine.config import InversionConfig
+from ronan_jax.models.resolver import shipped_profile
 from ronan_jax.report._summary import auc_diverged_last
 
 PROFILE_SEED = 0

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from ronan_jax.generator import Generator
+from ronan_jax.engine.generator import Generator
 from ronan_jax.models.layers import reparameterize
 
 DOWNSAMPLE = 4  # image pixels per latent pixel along each axis (two 2x stages)

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from ronan_jax.generator import Generator
+from ronan_jax.engine.generator import Generator
 from ronan_jax.models.layers import ConvTranspose
 
 RESIZE_METHODS = ("linear", "cubic")

@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ronan_jax.generator import Generator
+from ronan_jax.engine.generator import Generator
 from ronan_jax.models import unet2d
 from ronan_jax.models.unet2d import UNet2D, UNet2DConfig
 

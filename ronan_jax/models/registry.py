@@ -13,7 +13,7 @@ from typing import Any
 
 import jax
 
-from ronan_jax.generator import Generator
+from ronan_jax.engine.generator import Generator
 from ronan_jax.models import conv_decoder, dcgan, sd_vae, vae
 from ronan_jax.models import diffusion as _diffusion
 

@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from ronan_jax.generator import Generator
+from ronan_jax.engine.generator import Generator
 
 
 @dataclasses.dataclass(frozen=True)

@@ -175,7 +175,7 @@ def _profile_notes(profile: Mapping[str, Any] | None, prof: dict[str, Any] | Non
     """The profile's own warning: failed inversions inflating its threshold."""
     if profile is None or prof is None or prof["threshold"] is None or prof["alpha"] is None:
         return []
-    from ronan_jax.profile_checks import failed_inversion_note
+    from ronan_jax.attribution.profile_checks import failed_inversion_note
 
     note = failed_inversion_note(profile.get("calibrated_losses") or [],
                                  profile.get("trimmed") or [], prof["alpha"], prof["threshold"])

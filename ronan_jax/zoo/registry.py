@@ -1,7 +1,7 @@
 """The zoo's table of built-in models: what each one is, where its weights ship, its reference.
 
 Every model was trained offline by :mod:`ronan_jax.zoo.train` and ships as a checkpoint
-directory (:mod:`ronan_jax.checkpoint`: orbax parameters + ``model_card.json``) plus a
+directory (:mod:`ronan_jax.models.checkpoint`: orbax parameters + ``model_card.json``) plus a
 ``samples.png`` grid under ``ronan_jax/zoo/weights/<name>/``.
 
 Reference models. RONAN calibrates a model's reconstruction loss by that of a reference
@@ -23,8 +23,8 @@ import importlib.resources
 from pathlib import Path
 from typing import Any
 
-from ronan_jax.checkpoint import CARD_FILE, CheckpointError, load_generator
-from ronan_jax.generator import Generator
+from ronan_jax.engine.generator import Generator
+from ronan_jax.models.checkpoint import CARD_FILE, CheckpointError, load_generator
 from ronan_jax.models.conv_decoder import ConvDecoderConfig
 from ronan_jax.models.dcgan import DCGANConfig
 from ronan_jax.models.vae import VAEConfig
@@ -182,6 +182,6 @@ def load(name: str) -> Generator:
 
 def card(name: str) -> dict[str, Any]:
     """The model card of a shipped zoo model."""
-    from ronan_jax.checkpoint import read_card
+    from ronan_jax.models.checkpoint import read_card
 
     return read_card(weights_dir(name))

@@ -39,9 +39,9 @@ import numpy as np
 import optax
 from flax import linen as nn
 
-from ronan_jax.checkpoint import CheckpointError, load_generator, read_card, save_generator
-from ronan_jax.generator import Generator
+from ronan_jax.engine.generator import Generator
 from ronan_jax.models import conv_decoder, dcgan, vae
+from ronan_jax.models.checkpoint import CheckpointError, load_generator, read_card, save_generator
 from ronan_jax.zoo import data as zoo_data
 from ronan_jax.zoo.registry import SAMPLES_FILE, ZooModel, get, weights_dir
 

@@ -27,15 +27,15 @@ import click
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from ronan_jax.attribution.profile import Profile
     from ronan_jax.audit import AuditConfig, AuditProgress, AuditSummary
-    from ronan_jax.config import InversionConfig
-    from ronan_jax.generator import Generator
-    from ronan_jax.parallel import ProcessShard
-    from ronan_jax.profile import Profile
+    from ronan_jax.audit.shards import ProcessShard
+    from ronan_jax.engine.config import InversionConfig
+    from ronan_jax.engine.generator import Generator
 
 DEFAULT_MODEL_SPEC = "builtin:dcgan-mnist"
 DEFAULT_DB = "ronan-results.sqlite"  # = ronan_jax.audit.DEFAULT_DB (not imported: keeps --help fast)
-METRIC_NAMES = ("mse", "mae", "ssim")  # = ronan_jax.metrics.METRICS names (checked in tests)
+METRIC_NAMES = ("mse", "mae", "ssim")  # = ronan_jax.engine.metrics.METRICS names (checked in tests)
 DEMO_MODEL = "dcgan-mnist"
 DEMO_OTHER_MODEL = "vae-mnist"
 DEMO_PROFILE_NAME = "dcgan-mnist-demo"  # zoo/profiles/<this>.json: the demo's reduced settings
@@ -72,10 +72,10 @@ def _stdout() -> Console:
 
 def _config_error_types() -> tuple[type[BaseException], ...]:
     """Library errors that mean "the user asked for something impossible" (exit 2)."""
-    from ronan_jax.checkpoint import CheckpointError
-    from ronan_jax.models_resolver import ModelSpecError
-    from ronan_jax.profile import ProfileMismatchError
-    from ronan_jax.store import StoreError
+    from ronan_jax.attribution.profile import ProfileMismatchError
+    from ronan_jax.models.checkpoint import CheckpointError
+    from ronan_jax.models.resolver import ModelSpecError
+    from ronan_jax.results.store import StoreError
 
     return (ModelSpecError, CheckpointError, ProfileMismatchError, StoreError)
 
@@ -126,7 +126,7 @@ def _graceful_interrupt(stop: threading.Event, console: Console) -> Iterator[Non
 
 
 def _load_model(spec: str, param: str) -> Generator:
-    from ronan_jax.models_resolver import ModelSpecError, load_model
+    from ronan_jax.models.resolver import ModelSpecError, load_model
 
     try:
         return load_model(spec)
@@ -135,7 +135,7 @@ def _load_model(spec: str, param: str) -> Generator:
 
 
 def _load_reference(spec: str | None, defaulted: bool = False) -> Generator | None:
-    from ronan_jax.models_resolver import ModelSpecError, load_reference
+    from ronan_jax.models.resolver import ModelSpecError, load_reference
 
     try:
         return load_reference(spec)
@@ -149,7 +149,7 @@ def _load_reference(spec: str | None, defaulted: bool = False) -> Generator | No
 
 
 def _load_profile(path: str | os.PathLike[str], param: str = "--profile") -> Profile:
-    from ronan_jax.profile import Profile
+    from ronan_jax.attribution.profile import Profile
 
     try:
         return Profile.load(path)
@@ -159,7 +159,7 @@ def _load_profile(path: str | os.PathLike[str], param: str = "--profile") -> Pro
 
 def _profile_path_for(model_spec: str, given: str | None) -> Path:
     """``--profile``, or the profile shipped with a builtin model."""
-    from ronan_jax.models_resolver import builtin_name, is_builtin, shipped_profile
+    from ronan_jax.models.resolver import builtin_name, is_builtin, shipped_profile
 
     if given:
         return Path(given)
@@ -181,7 +181,7 @@ def _profile_path_for(model_spec: str, given: str | None) -> Path:
 def _reference_spec_for(model_spec: str, given: str | None, profile: Profile) -> str | None:
     """``--reference``; else none for an uncalibrated profile; else the reference the profile
     was built with (when it recorded its spec); else the model's default reference."""
-    from ronan_jax.models_resolver import default_reference_spec
+    from ronan_jax.models.resolver import default_reference_spec
 
     if given is not None:
         return given
@@ -197,8 +197,8 @@ def _settings_from_profile(
     profile: Profile, model: Generator, reference: Generator | None, **flags: Any
 ) -> InversionConfig:
     """The profile's inversion settings; flags given must equal them (else exit 2)."""
-    from ronan_jax.attribute import config_from_profile
-    from ronan_jax.profile import ProfileMismatchError, check_compatible
+    from ronan_jax.attribution.attribute import config_from_profile
+    from ronan_jax.attribution.profile import ProfileMismatchError, check_compatible
 
     given = {k: v for k, v in flags.items() if v is not None}
     try:
@@ -324,8 +324,8 @@ def _run_audit_command(
     when given) with a progress bar and Ctrl-C handling, and print the summary. Shared by
     ``audit`` and ``demo``."""
     from ronan_jax.audit import run_audit
-    from ronan_jax.models_resolver import normalize_spec
-    from ronan_jax.store import ResultStore
+    from ronan_jax.models.resolver import normalize_spec
+    from ronan_jax.results.store import ResultStore
 
     err = _stderr()
     model = _load_model(cfg.model, "--model")
@@ -381,7 +381,7 @@ def _placement_note(config: InversionConfig, shard: ProcessShard | None, db: str
     share and database."""
     import jax
 
-    from ronan_jax.parallel import device_count
+    from ronan_jax.engine.mesh import device_count
 
     n = device_count(config.devices)
     line = f"Devices: {n} of this process's {jax.local_device_count()} ({jax.default_backend()})."
@@ -447,7 +447,7 @@ def zoo_list() -> None:
     """List the built-in models."""
     from rich.table import Table
 
-    from ronan_jax.models_resolver import shipped_profile
+    from ronan_jax.models.resolver import shipped_profile
 
     models = _zoo_module().list_models()
     table = Table(title="Built-in models (use as builtin:NAME)")
@@ -474,7 +474,7 @@ def zoo_list() -> None:
 @_handle_errors
 def zoo_show(name: str) -> None:
     """Show one built-in model: its entry, model card and shipped profile."""
-    from ronan_jax.models_resolver import shipped_profile_location
+    from ronan_jax.models.resolver import shipped_profile_location
 
     zoo_mod = _zoo_module()
     name = name.removeprefix("builtin:")
@@ -543,9 +543,9 @@ def profile(
     """
     import dataclasses
 
-    from ronan_jax.config import InversionConfig
-    from ronan_jax.models_resolver import default_reference_spec, normalize_spec
-    from ronan_jax.profile import build_profile
+    from ronan_jax.attribution.profile import build_profile
+    from ronan_jax.engine.config import InversionConfig
+    from ronan_jax.models.resolver import default_reference_spec, normalize_spec
 
     err = _stderr()
     gen = _load_model(model, "--model")
@@ -602,7 +602,7 @@ def profile(
 
 def _warn_failed_inversions(profile: Profile) -> None:
     """Say so when a profile's statistics include failed inversions (it loosens every verdict)."""
-    from ronan_jax.profile import failed_inversion_warning
+    from ronan_jax.attribution.profile import failed_inversion_warning
 
     warning = failed_inversion_warning(profile)
     if warning:
@@ -678,7 +678,8 @@ def audit(
     `ronan merge OUT.sqlite SHARDS...`. Every host must see INPUTS under the same paths.
     """
     from ronan_jax.audit import AuditConfig
-    from ronan_jax.parallel import ProcessSettings, device_count, initialize_processes
+    from ronan_jax.audit.shards import ProcessSettings, initialize_processes
+    from ronan_jax.engine.mesh import device_count
 
     try:
         shard = initialize_processes(
@@ -720,7 +721,7 @@ def audit(
 
 def _pick_run(db: str, run: str | None) -> tuple[Any, list[Any]]:
     """The run whose results to show: ``run`` (an id or results-key prefix) or the latest."""
-    from ronan_jax.store import ResultStore
+    from ronan_jax.results.store import ResultStore
 
     with ResultStore(db) as store:
         runs = store.runs()
@@ -755,7 +756,7 @@ def report(db: str, labels: str | None, out: str | None, run: str | None) -> Non
     reconstructions (audit with --keep-evidence), and the run's settings.
     """
     from ronan_jax.audit import read_labels
-    from ronan_jax.store import ResultStore
+    from ronan_jax.results.store import ResultStore
 
     chosen, runs = _pick_run(db, run)
     truth = None
@@ -801,8 +802,8 @@ def _write_report(rows: list[dict[str, Any]], chosen: Any, runs: list[Any], labe
 
 def _work_note(db: str, config_key: str) -> str | None:
     """The telemetry of every run of ``config_key`` in one sentence (None without any)."""
-    from ronan_jax.store import ResultStore
-    from ronan_jax.telemetry import summarize
+    from ronan_jax.results.store import ResultStore
+    from ronan_jax.results.telemetry import summarize
 
     with ResultStore(db) as store:
         work = summarize(store.iter_telemetry(config_key))
@@ -823,7 +824,7 @@ def export(db: str, fmt: str, out: str | None, run: str | None) -> None:
     then size, mode, timings, evidence path, run id and results key. Empty/null = no value.
     """
     from ronan_jax.audit import export_rows
-    from ronan_jax.store import ResultStore
+    from ronan_jax.results.store import ResultStore
 
     chosen, _ = _pick_run(db, run)
     with ResultStore(db) as store:
@@ -850,7 +851,7 @@ def merge_command(out: str, shards: tuple[str, ...]) -> None:
     harmless; a judged image is never replaced by an error row. Warns when shards of a split
     run are missing.
     """
-    from ronan_jax.store import ResultStore, merge
+    from ronan_jax.results.store import ResultStore, merge
 
     n = merge(out, shards)
     with ResultStore(out) as store:
@@ -931,7 +932,7 @@ def demo_profile_path(given: str | None) -> Path | None:
     """The demo's profile: ``--profile``; else the shipped demo profile
     ``zoo/profiles/dcgan-mnist-demo.json`` (built with fewer inversion steps than the full
     profile, so the demo finishes in minutes on a CPU); else the full ``dcgan-mnist.json``."""
-    from ronan_jax.models_resolver import shipped_profile, shipped_profile_location
+    from ronan_jax.models.resolver import shipped_profile, shipped_profile_location
 
     if given:
         return Path(given)
@@ -944,7 +945,7 @@ def demo_profile_path(given: str | None) -> Path | None:
 def _demo_settings_note(prof: Path) -> str:
     """One line saying which settings the demo judges with, and how they compare with the
     full shipped profile's."""
-    from ronan_jax.models_resolver import shipped_profile
+    from ronan_jax.models.resolver import shipped_profile
 
     def settings(path: Path) -> dict[str, Any]:
         try:
@@ -1019,7 +1020,7 @@ def demo(out: str, n: int, profile_path: str | None, batch_size: int | None, qui
     from rich.table import Table
 
     from ronan_jax.audit import AuditConfig
-    from ronan_jax.store import ResultStore
+    from ronan_jax.results.store import ResultStore
 
     err = _stderr()
     out_dir = Path(out).absolute()

@@ -24,14 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from ronan_jax.io.decode import (
+from ronan_jax.inputs.decode import (
     DEFAULT_MAX_PIXELS,
     ImageDecodeError,
     check_target,
     decode_image,
     sha256,
 )
-from ronan_jax.io.sources import ImageRecord
+from ronan_jax.inputs.sources import ImageRecord
 
 _POLL_S = 0.1  # how often blocked threads look at the stop flag
 
@@ -43,7 +43,7 @@ class Item:
     `index` is the record's position in the input stream (skipped records count), so the
     caller can restore the total order of `Batch.items` and `Batch.failed`. `error_kind` is a
     source kind (``not-found``, ``unreadable``, ``corrupt-archive``), a decode kind
-    (`ronan_jax.io.decode.ERROR_KINDS`) or ``internal`` for an unexpected failure.
+    (`ronan_jax.inputs.decode.ERROR_KINDS`) or ``internal`` for an unexpected failure.
     """
 
     index: int
@@ -161,7 +161,7 @@ class Batcher:
     leaving the loop early, an exception or a KeyboardInterrupt shuts them down.
 
     Args:
-      records: the input stream (e.g. `ronan_jax.io.sources.iter_records(specs)`); it is
+      records: the input stream (e.g. `ronan_jax.inputs.sources.iter_records(specs)`); it is
         consumed in a background thread and closed there when done.
       batch_size: decoded images per batch.
       target_hw, channels, resize, max_pixels: the `decode_image` settings.

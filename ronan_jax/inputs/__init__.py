@@ -3,8 +3,8 @@
 Plain NumPy + Pillow, no JAX: cheap to import and test, usable in any worker process.
 """
 
-from ronan_jax.io.batcher import Batch, Batcher, Item
-from ronan_jax.io.decode import (
+from ronan_jax.inputs.batcher import Batch, Batcher, Item
+from ronan_jax.inputs.decode import (
     DEFAULT_MAX_PIXELS,
     ERROR_KINDS,
     DecodedImage,
@@ -13,7 +13,7 @@ from ronan_jax.io.decode import (
     image_to_array,
     sha256,
 )
-from ronan_jax.io.sources import (
+from ronan_jax.inputs.sources import (
     IMAGE_EXTENSIONS,
     DirSource,
     FileSource,

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ronan_jax import grubbs
+from ronan_jax.attribution import grubbs
 
 # A profile loss this many times every lower one marks an inversion that failed. In the
 # accuracy benchmark's 11 profiles the largest loss was 1.0-1.8x the next one where the tail

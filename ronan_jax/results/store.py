@@ -10,7 +10,7 @@ Three tables, defined once below (`_SCHEMA`), versioned with SQLite's ``user_ver
 * ``results``: one row per (config_key, path, member) -- ``member`` is ``''`` for plain files.
 * ``telemetry`` (schema 2): one row per (run_id, batch) -- what each audit batch cost: images,
   the batch size used, steps run against the full budget, images/s, memory in use
-  (:mod:`ronan_jax.telemetry`). Recorded only; never part of a result.
+  (:mod:`ronan_jax.results.telemetry`). Recorded only; never part of a result.
 
 A version-1 database (no telemetry) is upgraded in place when opened for writing (the table
 is added, nothing else changes) and is read as it is by `merge`.

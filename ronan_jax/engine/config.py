@@ -26,10 +26,10 @@ class InversionConfig:
       running restarts (successive halving).
 
     ``max_batch`` is the number of runs (images x restarts) per device call; 0 picks a
-    backend default (:func:`ronan_jax.invert.default_max_batch`).
+    backend default (:func:`ronan_jax.engine.invert.default_max_batch`).
 
     ``devices``: how many of this process's devices share each batch (data parallelism,
-    :mod:`ronan_jax.parallel`); 0 means all of them. With several, a call holds up to
+    :mod:`ronan_jax.engine.mesh`); 0 means all of them. With several, a call holds up to
     ``max_batch`` runs per device.
     """
 

@@ -23,10 +23,10 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from ronan_jax.config import InversionConfig
-from ronan_jax.generator import ApplyFn, Generator, PriorFn
-from ronan_jax.metrics import get_metric
-from ronan_jax.parallel import data_mesh, replicate, round_up, shard_rows
+from ronan_jax.engine.config import InversionConfig
+from ronan_jax.engine.generator import ApplyFn, Generator, PriorFn
+from ronan_jax.engine.mesh import data_mesh, replicate, round_up, shard_rows
+from ronan_jax.engine.metrics import get_metric
 
 Metric = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -327,7 +327,7 @@ def invert(
 
     With several devices (``config.devices``, default all local ones) each chunk holds
     ``max_batch // restarts`` images per device and its runs are split over the devices
-    (:mod:`ronan_jax.parallel`); tables are padded to a multiple of the device count and the
+    (:mod:`ronan_jax.engine.mesh`); tables are padded to a multiple of the device count and the
     padding is never returned. Results equal those of one device.
     """
     config = config or InversionConfig()

@@ -19,11 +19,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from ronan_jax import grubbs
-from ronan_jax.config import InversionConfig
-from ronan_jax.generator import Generator
-from ronan_jax.invert import default_max_batch, invert
-from ronan_jax.profile_checks import failed_inversion_note
+from ronan_jax.attribution import grubbs
+from ronan_jax.attribution.profile_checks import failed_inversion_note
+from ronan_jax.engine.config import InversionConfig
+from ronan_jax.engine.generator import Generator
+from ronan_jax.engine.invert import default_max_batch, invert
 
 PROFILE_FORMAT = 1
 
@@ -259,7 +259,7 @@ def belonging_stats(
     """mu, sigma (ddof 1), N and the trimmed indices of a profile's calibrated losses.
 
     Non-finite losses (diverged inversions) never count; with ``trim_outliers`` the losses
-    :func:`ronan_jax.grubbs.high_outliers` rejects do not count either.
+    :func:`ronan_jax.attribution.grubbs.high_outliers` rejects do not count either.
     """
     cal = np.asarray(calibrated, np.float64)
     ok = np.isfinite(cal)

@@ -2,7 +2,7 @@
 
 One :class:`BatchTelemetry` per batch, stored by the audit in the results database's
 ``telemetry`` table, one row per batch keyed by run id and batch number; read it with
-:meth:`ronan_jax.store.ResultStore.iter_telemetry` or plain SQL::
+:meth:`ronan_jax.results.store.ResultStore.iter_telemetry` or plain SQL::
 
     SELECT batch, images, images_per_call, steps_run, steps_budget, images_per_s,
            memory_bytes, memory_source FROM telemetry WHERE run_id = ?
@@ -86,7 +86,7 @@ class BatchTelemetry:
     memory_source: str
 
     def to_row(self) -> dict[str, Any]:
-        """The row the store writes (:data:`ronan_jax.store.TELEMETRY_KEYS`)."""
+        """The row the store writes (:data:`ronan_jax.results.store.TELEMETRY_KEYS`)."""
         return dataclasses.asdict(self)
 
 

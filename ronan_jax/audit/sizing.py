@@ -15,7 +15,7 @@ smaller size is kept for the rest of the run. Only an image that does not fit al
 an error (:data:`OUT_OF_MEMORY`); the other images go on.
 
 Splitting never changes results beyond float rounding: an image's random key comes from the
-seed and its content (:func:`ronan_jax.invert.image_key`) and its runs are independent of
+seed and its content (:func:`ronan_jax.engine.invert.image_key`) and its runs are independent of
 the others in a call, and ``max_batch`` is a speed-only setting (not in
 ``InversionConfig.result_settings``).
 """
@@ -29,12 +29,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-
-from ronan_jax.config import InversionConfig
-from ronan_jax.generator import Generator
+from ronan_jax.engine.config import InversionConfig
+from ronan_jax.engine.generator import Generator
+from ronan_jax.engine.memory import device_memory, per_image_bytes
 
 T = TypeVar("T")
 
@@ -63,8 +60,8 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 def engine_images_per_call(config: InversionConfig, devices: int = 1, backend: str | None = None) -> int:
     """Images per call the engine takes by itself: ``max_batch`` (or the backend default)
-    // restarts, per device (as :func:`ronan_jax.invert.invert` chunks)."""
-    from ronan_jax.invert import default_max_batch
+    // restarts, per device (as :func:`ronan_jax.engine.invert.invert` chunks)."""
+    from ronan_jax.engine.invert import default_max_batch
 
     max_batch = config.max_batch or default_max_batch(backend)
     return max(1, max_batch // config.restarts) * max(1, devices)
@@ -194,63 +191,7 @@ def run_fitting(
     return out
 
 
-# -- device memory ----------------------------------------------------------------------------
-
-
-def device_memory(device: Any = None) -> dict[str, int] | None:
-    """The device's ``memory_stats()`` (``bytes_limit``, ``bytes_in_use``, ...) where its
-    backend reports them (GPU, TPU), else None (CPU)."""
-    device = device or jax.local_devices()[0]
-    try:
-        stats = device.memory_stats()
-    except Exception:  # backends without memory statistics
-        return None
-    if not stats or not stats.get("bytes_limit"):
-        return None
-    return {k: int(v) for k, v in stats.items() if isinstance(v, int | float)}
-
-
-def _tree_bytes(tree: Any) -> int:
-    return sum(
-        int(np.prod(leaf.shape)) * jnp.dtype(leaf.dtype).itemsize
-        for leaf in jax.tree_util.tree_leaves(tree)
-        if hasattr(leaf, "shape") and not jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
-    )
-
-
-def call_bytes(generator: Generator, config: InversionConfig, images: int) -> int:
-    """Device bytes one inversion call of ``images`` images needs besides the resident
-    parameters: the compiled step's memory analysis (arguments, outputs, temporaries) plus
-    the run table the call is gathered from. Compiles the step for that shape."""
-    from ronan_jax.invert import compiled_program, resolve_loop
-
-    program = compiled_program(generator, config)
-    keys = jnp.stack([jax.random.key(i) for i in range(images)])
-    state = jax.eval_shape(lambda k: program.init(program.start(k)), keys)
-    runs = images * config.restarts  # the step sees one target (and condition) row per run
-    targets = jax.ShapeDtypeStruct((runs, *generator.output_shape), jnp.float32)
-    cond = None if generator.condition is None else jax.eval_shape(lambda: generator.batched_condition(runs))
-    # the first step segment, as invert cuts them (at check_every and, chunked, every unroll)
-    piece = config.unroll if resolve_loop(config.loop) == "chunked" else config.check_every
-    k = min(piece, config.check_every, config.steps)
-    compiled = program.advance.lower(state, generator.params, targets, cond, k, k == config.steps).compile()
-    stats = compiled.memory_analysis()
-    total = (
-        stats.argument_size_in_bytes
-        + stats.output_size_in_bytes
-        - stats.alias_size_in_bytes
-        + stats.temp_size_in_bytes
-    )
-    return max(1, int(total) - _tree_bytes(generator.params) + _tree_bytes(state))
-
-
-def per_image_bytes(generator: Generator, config: InversionConfig, probe: int = 8) -> tuple[int, int]:
-    """(fixed bytes, bytes per image) of one call: a line through :func:`call_bytes` at one
-    and ``probe`` images (two compiles), so fixed workspace is not counted per image."""
-    one = call_bytes(generator, config, 1)
-    many = call_bytes(generator, config, probe)
-    per = max(1, math.ceil((many - one) / (probe - 1)))
-    return max(0, one - per), per
+# -- sizing from device memory ---------------------------------------------------------
 
 
 def estimate_images_per_call(
@@ -274,7 +215,7 @@ def plan(
 ) -> BatchSizer:
     """The sizer a run starts with: the engine's size, lowered to what the device's free
     memory holds where the backend reports it (the estimate failing leaves the engine's)."""
-    from ronan_jax.parallel import device_count
+    from ronan_jax.engine.mesh import device_count
 
     try:
         devices = device_count(config.devices)

@@ -7,7 +7,7 @@ imports a model module; it only sees Generators.
 Example: wrapping a plain JAX function (or any Flax module's ``apply``)::
 
     import jax.numpy as jnp
-    from ronan_jax.generator import Generator
+    from ronan_jax.engine.generator import Generator
 
     def apply(params, z, condition):
         img = jnp.tanh(z @ params["w"]).reshape(z.shape[0], 8, 8, 1)

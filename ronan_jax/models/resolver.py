@@ -1,7 +1,7 @@
 """Model names as users type them -> Generators, default references and shipped profiles.
 
 A model spec is either ``builtin:NAME`` (a zoo model, see ``ronan zoo``) or the path of a
-checkpoint directory (:mod:`ronan_jax.checkpoint`: ``model_card.json`` + ``params/``, as
+checkpoint directory (:mod:`ronan_jax.models.checkpoint`: ``model_card.json`` + ``params/``, as
 written by the zoo trainer and the converters). ``none`` as a reference spec means
 "uncalibrated" (no reference model).
 
@@ -15,8 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ronan_jax.checkpoint import CheckpointError, load_generator, read_card
-from ronan_jax.generator import Generator
+from ronan_jax.engine.generator import Generator
+from ronan_jax.models.checkpoint import CheckpointError, load_generator, read_card
 
 BUILTIN_PREFIX = "builtin:"
 NO_REFERENCE = "none"

@@ -167,7 +167,7 @@ def get_metric(name_or_callable: str | Metric) -> Metric:
             valid = ", ".join(sorted(METRICS))
             raise ValueError(
                 f"unknown metric {name_or_callable!r}; valid names: {valid} "
-                "(wrap learned metrics such as LPIPS with ronan_jax.metrics.perceptual)"
+                "(wrap learned metrics such as LPIPS with ronan_jax.engine.metrics.perceptual)"
             )
         return METRICS[key]
     if callable(name_or_callable):

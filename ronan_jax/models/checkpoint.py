@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from ronan_jax.generator import Generator, param_hash
+from ronan_jax.engine.generator import Generator, param_hash
 from ronan_jax.models.registry import get_architecture
 
 CARD_FILE = "model_card.json"

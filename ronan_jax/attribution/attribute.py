@@ -6,11 +6,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ronan_jax import grubbs
-from ronan_jax.config import InversionConfig
-from ronan_jax.generator import Generator
-from ronan_jax.invert import InversionResult
-from ronan_jax.profile import Profile, calibrated_losses, check_compatible
+from ronan_jax.attribution import grubbs
+from ronan_jax.attribution.profile import Profile, calibrated_losses, check_compatible
+from ronan_jax.engine.config import InversionConfig
+from ronan_jax.engine.generator import Generator
+from ronan_jax.engine.invert import InversionResult
 
 BELONGING = "belonging"
 NON_BELONGING = "non-belonging"

@@ -1,96 +1,25 @@
-"""Scale out: data parallelism over this process's devices, and many processes (hosts).
+"""Many processes (hosts): which inputs this process judges, and where it writes them.
 
-**Devices.** :func:`data_mesh` is a 1-D :class:`jax.sharding.Mesh` over a ``"data"`` axis of
-the process's local devices. The engine (:func:`ronan_jax.invert.invert`) pads each run table
-to a multiple of the device count, splits its leading axis (images, runs) over the mesh with
-:func:`shard_rows`, replicates the parameters (:func:`replicate`) and lets ``jax.jit``
-propagate the sharding: each device optimises its own runs. No arithmetic mixes runs (Adam is
-elementwise, the loss sum's gradient is per run), so results are those of one device. With
-one device the engine runs exactly as it does without this module.
-
-**Processes.** :func:`initialize_processes` starts ``jax.distributed`` (coordinator, process
-count and id given, or auto-detected on Cloud TPU VMs and SLURM), or takes a fixed share
-without a coordinator. Each process then audits the inputs it owns (:class:`ProcessShard`:
-a hash of the image's path and tar member, so every process agrees without talking) on its
-local devices only and writes its own results database (:meth:`ProcessShard.db_path`);
-``ronan merge`` combines them. No collective crosses processes.
+:func:`initialize_processes` starts ``jax.distributed`` (coordinator, process count and id
+given, or auto-detected on Cloud TPU VMs and SLURM), or takes a fixed share without a
+coordinator. Each process then audits the inputs it owns (:class:`ProcessShard`: a hash of the
+image's path and tar member, so every process agrees without talking) on its local devices
+only and writes its own results database (:meth:`ProcessShard.db_path`); ``ronan merge``
+combines them. No collective crosses processes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 from pathlib import Path
-from typing import Any
 
 import jax
-import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-DATA_AXIS = "data"
 SHUTDOWN_TIMEOUT_S = 7 * 24 * 3600
 """How long a finished process waits at exit for the others (``jax.distributed`` shutdown
 barrier): the coordinator's process must outlive every other process, whose shares may take
 much longer; a dead process is still noticed by the heartbeat."""
-
-
-# -- devices ----------------------------------------------------------------------------------
-
-
-def device_count(requested: int = 0) -> int:
-    """How many local devices to use: ``requested``, or all of this process's when 0.
-
-    Raises ValueError when more are requested than the process has.
-    """
-    available = jax.local_device_count()
-    if requested < 0:
-        raise ValueError(f"devices must be >= 0 (0: all), got {requested}")
-    if requested > available:
-        raise ValueError(
-            f"{requested} devices requested, but this process has {available} "
-            f"({jax.default_backend()})"
-        )
-    return requested or available
-
-
-@functools.lru_cache(maxsize=16)
-def _mesh(devices: tuple[Any, ...]) -> Mesh:
-    return Mesh(np.array(devices), (DATA_AXIS,))
-
-
-def data_mesh(requested: int = 0) -> Mesh | None:
-    """The 1-D ``"data"`` mesh over the first ``requested`` local devices (0: all), or None
-    when that is one device (the engine's single-device path)."""
-    n = device_count(requested)
-    if n == 1:
-        return None
-    return _mesh(tuple(jax.local_devices()[:n]))
-
-
-def round_up(n: int, multiple: int) -> int:
-    """The smallest multiple of ``multiple`` that is >= ``n``."""
-    return -(-n // multiple) * multiple
-
-
-def shard_rows(tree: Any, mesh: Mesh) -> Any:
-    """Every array leaf of ``tree`` split along its leading axis over the mesh (its length
-    must be a multiple of the device count); scalars (Adam's step count) replicated. A leaf
-    already placed so is not copied."""
-    rows = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
-    whole = NamedSharding(mesh, PartitionSpec())
-    return jax.tree_util.tree_map(
-        lambda x: jax.device_put(x, rows if np.ndim(x) else whole), tree
-    )
-
-
-def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Every leaf of ``tree`` copied whole to each device of the mesh (no copy when it is
-    already there)."""
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
-
-
-# -- processes --------------------------------------------------------------------------------
 
 
 def shard_index(path: str, member: str | None, count: int) -> int:

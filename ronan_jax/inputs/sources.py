@@ -8,7 +8,7 @@ bad path must not stop an audit of a million images.
 
 Paths are reported as absolute, normalised paths (``os.path.abspath``), so a resume from another
 working directory finds the same keys. Records carry the raw bytes; decoding happens later, by
-content, in `ronan_jax.io.decode`.
+content, in `ronan_jax.inputs.decode`.
 """
 
 from __future__ import annotations

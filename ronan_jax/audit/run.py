@@ -15,12 +15,12 @@ The pipeline of DESIGN.md in one function, :func:`run_audit`::
   ``error_kind='internal'`` and the run goes on.
 * Stoppable: ``stop`` (a :class:`threading.Event`) is checked after each committed batch, so
   Ctrl-C in the CLI ends the run cleanly with every finished batch stored.
-* Memory-bounded: a batch goes to the engine in calls that fit (:mod:`ronan_jax.batch_sizing`):
+* Memory-bounded: a batch goes to the engine in calls that fit (:mod:`ronan_jax.audit.sizing`):
   sized from the device's free memory where the backend reports it, halved on an
   out-of-memory error down to one image; an image that alone does not fit is an error row
   (``error_kind='out-of-memory'``). The size used is recorded with the run (``info.batch_sizing``),
   per batch in the telemetry and in the summary.
-* Telemetry: one row per batch in the store's ``telemetry`` table (:mod:`ronan_jax.telemetry`):
+* Telemetry: one row per batch in the store's ``telemetry`` table (:mod:`ronan_jax.results.telemetry`):
   images, batch size used, steps run against the full budget, images/s, memory in use.
 * Evidence (``evidence_dir``): per image an ``.npz`` named by the SHA-256 of its bytes with
   float32 ``image``, ``reconstruction``, ``best_input`` (the reverse-engineered input) and,
@@ -46,16 +46,27 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from ronan_jax.attribute import BELONGING, DIVERGED, NON_BELONGING, Attribution, attribute
-from ronan_jax.batch_sizing import BatchSizer, engine_images_per_call, run_fitting
-from ronan_jax.batch_sizing import plan as plan_batches
-from ronan_jax.config import InversionConfig
-from ronan_jax.generator import Generator
-from ronan_jax.io import DEFAULT_MAX_PIXELS, Batch, Batcher, iter_records
-from ronan_jax.parallel import ProcessShard
-from ronan_jax.profile import Profile, ProfileMismatchError, check_compatible, library_versions
-from ronan_jax.store import ROW_KEYS, ResultStore, utc_now
-from ronan_jax.telemetry import BatchTelemetry, WorkSummary, memory_in_use, step_counts
+from ronan_jax.attribution.attribute import (
+    BELONGING,
+    DIVERGED,
+    NON_BELONGING,
+    Attribution,
+    attribute,
+)
+from ronan_jax.attribution.profile import (
+    Profile,
+    ProfileMismatchError,
+    check_compatible,
+    library_versions,
+)
+from ronan_jax.audit.shards import ProcessShard
+from ronan_jax.audit.sizing import BatchSizer, engine_images_per_call, run_fitting
+from ronan_jax.audit.sizing import plan as plan_batches
+from ronan_jax.engine.config import InversionConfig
+from ronan_jax.engine.generator import Generator
+from ronan_jax.inputs import DEFAULT_MAX_PIXELS, Batch, Batcher, iter_records
+from ronan_jax.results.store import ROW_KEYS, ResultStore, utc_now
+from ronan_jax.results.telemetry import BatchTelemetry, WorkSummary, memory_in_use, step_counts
 
 AUDIT_FORMAT = 1
 """Version of the audit's result semantics; part of every run's config key."""
@@ -180,7 +191,7 @@ def effective_max_batch(config: InversionConfig, backend: str | None = None) -> 
     if config.max_batch:
         return config.max_batch
     try:
-        from ronan_jax.invert import default_max_batch
+        from ronan_jax.engine.invert import default_max_batch
     except ImportError:  # an engine without per-backend defaults
         return 256
     return default_max_batch(backend)
@@ -220,7 +231,7 @@ def run_config(
 ) -> dict[str, Any]:
     """The configuration a run is stored with.
 
-    Its results key (see :mod:`ronan_jax.store`) covers what determines a row: model and
+    Its results key (see :mod:`ronan_jax.results.store`) covers what determines a row: model and
     reference identity (weights hash), the profile (id and statistics), the inversion
     settings, the decode rules (``resize``, ``max_pixels``, output shape) and
     :data:`AUDIT_FORMAT`. Versions, batch size, workers and ``info`` are recorded only.
@@ -351,7 +362,7 @@ def _judge_batch(
     spent in :func:`attribute`, and (images inverted, steps run, full step budget).
 
     The images go to :func:`attribute` in calls that fit in memory (``sizer``, see
-    :func:`ronan_jax.batch_sizing.run_fitting`); a call that fails for another reason marks
+    :func:`ronan_jax.audit.sizing.run_fitting`); a call that fails for another reason marks
     its images ``error_kind='internal'`` (one bad call must not stop a million-image audit).
     """
     rows: list[tuple[int, dict[str, Any]]] = []
@@ -432,8 +443,8 @@ def run_audit(
 
     Args:
       inputs: files, directories, glob patterns, tar archives, list files (``@list`` or
-        ``.txt``/``.lst``), as :func:`ronan_jax.io.iter_records` reads them.
-      model, reference, profile, config: as for :func:`ronan_jax.attribute.attribute`; a
+        ``.txt``/``.lst``), as :func:`ronan_jax.inputs.iter_records` reads them.
+      model, reference, profile, config: as for :func:`ronan_jax.attribution.attribute.attribute`; a
         mismatch raises :class:`ProfileMismatchError` before anything is stored.
       store: the results database; a run is started in it (see :func:`run_config`).
       batch_size: images per inversion batch and per transaction (default
@@ -452,7 +463,7 @@ def run_audit(
         the shards' databases merge).
 
     Returns an :class:`AuditSummary`; errors in images are counted, not raised. The number
-    of images per engine call is found by :func:`ronan_jax.batch_sizing.plan` (device
+    of images per engine call is found by :func:`ronan_jax.audit.sizing.plan` (device
     memory) and lowered on out-of-memory errors; it is recorded with the run
     (``info.batch_sizing``: the starting size), per batch in the store's telemetry and in
     the summary (the size at the end).

@@ -1,0 +1,73 @@
+"""What one inversion call costs in device memory: the compiled step's own memory analysis.
+
+Used to size calls before a run (:func:`ronan_jax.audit.sizing.plan`): the step is compiled
+for one and for ``probe`` images and the difference gives the bytes per image.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ronan_jax.engine.config import InversionConfig
+from ronan_jax.engine.generator import Generator
+
+
+def device_memory(device: Any = None) -> dict[str, int] | None:
+    """The device's ``memory_stats()`` (``bytes_limit``, ``bytes_in_use``, ...) where its
+    backend reports them (GPU, TPU), else None (CPU)."""
+    device = device or jax.local_devices()[0]
+    try:
+        stats = device.memory_stats()
+    except Exception:  # backends without memory statistics
+        return None
+    if not stats or not stats.get("bytes_limit"):
+        return None
+    return {k: int(v) for k, v in stats.items() if isinstance(v, int | float)}
+
+
+def _tree_bytes(tree: Any) -> int:
+    return sum(
+        int(np.prod(leaf.shape)) * jnp.dtype(leaf.dtype).itemsize
+        for leaf in jax.tree_util.tree_leaves(tree)
+        if hasattr(leaf, "shape") and not jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+    )
+
+
+def call_bytes(generator: Generator, config: InversionConfig, images: int) -> int:
+    """Device bytes one inversion call of ``images`` images needs besides the resident
+    parameters: the compiled step's memory analysis (arguments, outputs, temporaries) plus
+    the run table the call is gathered from. Compiles the step for that shape."""
+    from ronan_jax.engine.invert import compiled_program, resolve_loop
+
+    program = compiled_program(generator, config)
+    keys = jnp.stack([jax.random.key(i) for i in range(images)])
+    state = jax.eval_shape(lambda k: program.init(program.start(k)), keys)
+    runs = images * config.restarts  # the step sees one target (and condition) row per run
+    targets = jax.ShapeDtypeStruct((runs, *generator.output_shape), jnp.float32)
+    cond = None if generator.condition is None else jax.eval_shape(lambda: generator.batched_condition(runs))
+    # the first step segment, as invert cuts them (at check_every and, chunked, every unroll)
+    piece = config.unroll if resolve_loop(config.loop) == "chunked" else config.check_every
+    k = min(piece, config.check_every, config.steps)
+    compiled = program.advance.lower(state, generator.params, targets, cond, k, k == config.steps).compile()
+    stats = compiled.memory_analysis()
+    total = (
+        stats.argument_size_in_bytes
+        + stats.output_size_in_bytes
+        - stats.alias_size_in_bytes
+        + stats.temp_size_in_bytes
+    )
+    return max(1, int(total) - _tree_bytes(generator.params) + _tree_bytes(state))
+
+
+def per_image_bytes(generator: Generator, config: InversionConfig, probe: int = 8) -> tuple[int, int]:
+    """(fixed bytes, bytes per image) of one call: a line through :func:`call_bytes` at one
+    and ``probe`` images (two compiles), so fixed workspace is not counted per image."""
+    one = call_bytes(generator, config, 1)
+    many = call_bytes(generator, config, probe)
+    per = max(1, math.ceil((many - one) / (probe - 1)))
+    return max(0, one - per), per
