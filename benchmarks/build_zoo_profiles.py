@@ -1,11 +1,11 @@
 """Build the belonging profiles shipped with the zoo (resumable).
 
-    python -m benchmarks.build_zoo_profiles dcgan-mnist            # SPEC defaults: N 100, 1500 x 8
+    python -m benchmarks.build_zoo_profiles dcgan-mnist            # the paper's defaults: N 100, 1500 x 8
     python -m benchmarks.build_zoo_profiles dcgan-mnist --demo     # the demo's: N 100, 100 x 8
 
 Progress is appended to benchmarks/progress/<name>.progress.jsonl (committed) after every chunk of images, so
 a stopped build resumes where it stopped. Expected runtime on 2 CPU cores: ~5 minutes for the
-demo profile, ~1 hour for the SPEC-default one (most of it on the reference model).
+demo profile, ~1 hour for the full one (most of it on the reference model).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from ronan_jax import zoo
-from ronan_jax.attribution.profile import build_profile
+from ronan_jax.attribution.build import build_profile
 from ronan_jax.engine.config import InversionConfig
 
 DEMO_STEPS = 100

@@ -72,7 +72,8 @@ import numpy as np
 
 from benchmarks import floor as floor_mod
 from ronan_jax.attribution.attribute import attribute
-from ronan_jax.attribution.profile import Profile, build_profile, quantize_8bit
+from ronan_jax.attribution.build import build_profile
+from ronan_jax.attribution.profile import Profile, quantize_8bit
 from ronan_jax.engine.config import InversionConfig
 from ronan_jax.engine.generator import Generator
 from ronan_jax.engine.invert import _segments, default_max_batch, invert, resolve_loop

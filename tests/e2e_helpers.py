@@ -115,8 +115,7 @@ def write_mixed_folder(world: TinyWorld, root: Path, n: int = 8) -> Path:
 
 def load_engine(world: TinyWorld) -> tuple[Any, Any, Any, Any]:
     """(model, reference, profile, config) of the tiny world, as an audit loads them."""
-    from ronan_jax.attribution.attribute import config_from_profile
-    from ronan_jax.attribution.profile import Profile
+    from ronan_jax.attribution.profile import Profile, config_from_profile
     from ronan_jax.models.checkpoint import load_generator
 
     profile = Profile.load(world.profile)

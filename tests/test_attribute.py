@@ -8,11 +8,12 @@ import jax
 import numpy as np
 import pytest
 
-from ronan_jax.attribution.attribute import attribute, config_from_profile
+from ronan_jax.attribution.attribute import attribute
+from ronan_jax.attribution.build import build_profile
 from ronan_jax.attribution.profile import (
     Profile,
     ProfileMismatchError,
-    build_profile,
+    config_from_profile,
     quantize_8bit,
 )
 from ronan_jax.engine.config import InversionConfig
@@ -110,7 +111,7 @@ def test_trimmed_profile_leaves_failed_inversions_out_of_mu_and_sigma(models, pr
     mu, sigma, n, trimmed = belonging_stats(failed, trim_outliers=True)
     assert len(cal) in trimmed and n <= len(cal)
     assert sigma <= profile.sigma and mu <= profile.mu
-    assert belonging_stats(failed)[1] > 5 * profile.sigma  # what the SPEC statistics do
+    assert belonging_stats(failed)[1] > 5 * profile.sigma  # what the plain statistics do
     model, reference = models
     built = build_profile(model, reference, n=5, seed=3, config=CFG.replace(steps=20),
                           trim_outliers=True)
@@ -172,8 +173,11 @@ def test_interrupted_profile_build_resumes_from_its_progress_file(models, tmp_pa
 
 
 def test_failed_inversions_are_isolated_high_losses_not_a_heavy_tail(profile):
-    from ronan_jax.attribution.profile import belonging_stats, failed_inversion_warning
-    from ronan_jax.attribution.profile_checks import failed_inversions
+    from ronan_jax.attribution.profile import (
+        belonging_stats,
+        failed_inversion_warning,
+        failed_inversions,
+    )
 
     tail = np.random.default_rng(0).lognormal(0.0, 0.8, 100)  # right-skewed, no failure
     assert failed_inversions(tail) == []

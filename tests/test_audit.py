@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import threading
@@ -20,19 +21,15 @@ from e2e_helpers import (
 )
 
 from ronan_jax.attribution.profile import ProfileMismatchError
-from ronan_jax.audit import (
-    AuditConfig,
-    AuditProgress,
-    count_pending,
-    export_rows,
-    read_labels,
-    resume_keys,
-    run_audit,
-    run_config,
-)
-from ronan_jax.audit import run as audit_mod
+from ronan_jax.audit import AuditConfig, AuditPlan, AuditProgress, run_audit
+from ronan_jax.audit import rows as audit_mod
+from ronan_jax.audit.plan import run_config
+from ronan_jax.audit.resume import count_pending, resume_keys
 from ronan_jax.models.checkpoint import load_generator
+from ronan_jax.results.export import export_rows
+from ronan_jax.results.labels import read_labels
 from ronan_jax.results.store import ResultStore, make_config_key
+from ronan_jax.zoo.demo import save_png_images
 
 
 @pytest.fixture(scope="session")
@@ -52,11 +49,14 @@ def folder(world: TinyWorld, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def audit(engine, folder, db, **kwargs):
+def audit(engine, folder, db, evidence_dir=None, **kwargs):
     model, reference, profile, config = engine
+    cfg = AuditConfig(model=model.name, db=str(db), batch_size=BATCH,
+                      keep_evidence=evidence_dir is not None,
+                      evidence_dir=None if evidence_dir is None else str(evidence_dir))
+    plan = AuditPlan.from_objects(model, reference, profile, config, cfg)
     with ResultStore(db) as store:
-        return run_audit([str(folder)], model, reference, profile, config, store,
-                         batch_size=BATCH, **kwargs)
+        return run_audit([str(folder)], plan, store, **kwargs)
 
 
 def test_progress_stop_and_resume(engine, folder, tmp_path):
@@ -88,9 +88,13 @@ def test_profile_mismatch_raises_before_anything_is_stored(engine, folder, tmp_p
     db = tmp_path / "m.sqlite"
     with ResultStore(db) as store:
         with pytest.raises(ProfileMismatchError, match="steps"):
-            run_audit([str(folder)], model, reference, profile, config.replace(steps=3), store)
+            AuditPlan.from_objects(model, reference, profile, config.replace(steps=3))
         with pytest.raises(ProfileMismatchError, match="model weights differ"):
-            run_audit([str(folder)], load_generator(world.other), reference, profile, config, store)
+            AuditPlan.from_objects(load_generator(world.other), reference, profile, config)
+        plan = AuditPlan.from_objects(model, reference, profile, config)
+        stale = dataclasses.replace(plan, config=config.replace(steps=3))
+        with pytest.raises(ProfileMismatchError, match="steps"):
+            run_audit([str(folder)], stale, store)  # a plan edited after it was checked
         assert store.runs() == []
 
 
@@ -137,13 +141,20 @@ def test_a_failing_batch_becomes_internal_error_rows_and_the_run_goes_on(engine,
 
 def test_run_config_key_covers_what_changes_results(engine):
     model, reference, profile, config = engine
-    base = run_config(model, reference, profile, config, resize=False, batch_size=8, info={"a": 1})
-    same = run_config(model, reference, profile, config, resize=False, batch_size=64, workers=3)
+
+    def key_config(model=model, reference=reference, config=config, resize=False, batch_size=8,
+                   workers=None, info=None):
+        plan = AuditPlan(AuditConfig(model=model.name, resize=resize, workers=workers), model,
+                         reference, profile, config)
+        return run_config(plan, info or {}, batch_size)
+
+    base = key_config(info={"a": 1})
+    same = key_config(batch_size=64, workers=3)
     assert make_config_key(base) == make_config_key(same)
     for other in (
-        run_config(model, reference, profile, config, resize=True),
-        run_config(model, reference, profile, config.replace(seed=1), resize=False),
-        run_config(model, None, profile, config, resize=False),
+        key_config(resize=True),
+        key_config(config=config.replace(seed=1)),
+        key_config(reference=None),
     ):
         assert make_config_key(other) != make_config_key(base)
     json.dumps(base)  # storable
@@ -217,7 +228,7 @@ def test_save_png_images_round_trip(tmp_path):
     from ronan_jax.inputs import decode_image
 
     imgs = np.random.default_rng(0).random((2, 16, 16, 1)).astype(np.float32)
-    paths = audit_mod.save_png_images(imgs, tmp_path, "x")
+    paths = save_png_images(imgs, tmp_path, "x")
     assert [p.name for p in paths] == ["x-000.png", "x-001.png"]
     decoded = decode_image(paths[0].read_bytes(), (16, 16), 1, False).array
     np.testing.assert_allclose(decoded, np.rint(imgs[0] * 255) / 255, atol=1e-6)

@@ -19,17 +19,10 @@ from e2e_helpers import (
 )
 
 from ronan_jax.attribution.profile import ProfileMismatchError
-from ronan_jax.audit import run as audit_mod
-from ronan_jax.audit import run_audit
-from ronan_jax.audit.sizing import (
-    INTERNAL,
-    OUT_OF_MEMORY,
-    SAFETY,
-    BatchSizer,
-    is_out_of_memory,
-    plan,
-    run_fitting,
-)
+from ronan_jax.attribution.verdicts import INTERNAL, OUT_OF_MEMORY
+from ronan_jax.audit import AuditConfig, AuditPlan, run_audit
+from ronan_jax.audit import rows as audit_mod
+from ronan_jax.audit.sizing import SAFETY, BatchSizer, is_out_of_memory, plan, run_fitting
 from ronan_jax.engine.config import InversionConfig
 from ronan_jax.engine.memory import call_bytes, per_image_bytes
 from ronan_jax.models.checkpoint import load_generator
@@ -178,7 +171,9 @@ def folder(world: TinyWorld, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def audit(engine, folder, db):
     model, reference, profile, config = engine
     with ResultStore(db) as store:
-        summary = run_audit([str(folder)], model, reference, profile, config, store, batch_size=BATCH)
+        plan = AuditPlan.from_objects(model, reference, profile, config,
+                                      AuditConfig(model=model.name, batch_size=BATCH))
+        summary = run_audit([str(folder)], plan, store)
         return summary, list(store.iter_results()), store.iter_telemetry(run_id=summary.run_id)
 
 

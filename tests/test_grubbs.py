@@ -17,8 +17,8 @@ from ronan_jax.attribution.grubbs import (
     z_scores,
 )
 
-# SPEC section 4, one-sided Grubbs critical values: N -> (alpha 0.05, alpha 0.01).
-SPEC_TABLE = {
+# One-sided Grubbs critical values: N -> (alpha 0.05, alpha 0.01).
+PAPER_TABLE = {
     10: (2.1761, 2.4097),
     20: (2.5566, 2.8838),
     50: (2.9570, 3.3366),
@@ -27,9 +27,9 @@ SPEC_TABLE = {
 }
 
 
-@pytest.mark.parametrize("n", sorted(SPEC_TABLE))
+@pytest.mark.parametrize("n", sorted(PAPER_TABLE))
 def test_critical_value_matches_spec_table_to_four_decimals(n: int) -> None:
-    g05, g01 = SPEC_TABLE[n]
+    g05, g01 = PAPER_TABLE[n]
     assert round(critical_value(n, 0.05), 4) == g05
     assert round(critical_value(n, 0.01), 4) == g01
     assert critical_value(n) == critical_value(n, 0.05)
@@ -59,7 +59,7 @@ def test_p_value_below_alpha_exactly_when_z_exceeds_critical_value(n: int, alpha
     assert p_values(g + eps, n) < alpha < p_values(g - eps, n)
 
 
-@pytest.mark.parametrize("n", sorted(SPEC_TABLE))
+@pytest.mark.parametrize("n", sorted(PAPER_TABLE))
 @pytest.mark.parametrize("alpha", [0.05, 0.01])
 def test_p_value_equals_alpha_at_the_critical_value(n: int, alpha: float) -> None:
     assert float(p_values(critical_value(n, alpha), n)) == pytest.approx(alpha, rel=1e-9)

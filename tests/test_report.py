@@ -18,7 +18,7 @@ from ronan_jax.report import (
     Confusion,
     auc_from_losses,
     compute_summary,
-    image_key,
+    label_key,
     render_report,
     roc_curve,
 )
@@ -145,9 +145,9 @@ def _scored_rows(tmp_path: Path, n: int = 6, *, evidence: bool = True):
 
 
 def test_image_key_is_path_or_path_and_member():
-    assert image_key({"path": "dir/a.png", "member": ""}) == "dir/a.png"
-    assert image_key({"path": "dir/a.png"}) == "dir/a.png"
-    assert image_key({"path": "s.tar", "member": "x/b.png"}) == "s.tar::x/b.png"
+    assert label_key({"path": "dir/a.png", "member": ""}) == "dir/a.png"
+    assert label_key({"path": "dir/a.png"}) == "dir/a.png"
+    assert label_key({"path": "s.tar", "member": "x/b.png"}) == "s.tar::x/b.png"
 
 
 def test_compute_summary_gives_exact_confusion_accuracy_and_auc_on_hand_made_set():

@@ -8,6 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from ronan_jax.results.merge import merge
 from ronan_jax.results.store import (
     SCHEMA_VERSION,
     ResultStore,
@@ -15,7 +16,6 @@ from ronan_jax.results.store import (
     ShardMismatchError,
     StoreError,
     make_config_key,
-    merge,
 )
 
 CONFIG = {

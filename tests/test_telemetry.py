@@ -11,7 +11,7 @@ import pytest
 from e2e_helpers import BATCH, RESTARTS, STEPS, TinyWorld, tiny_world, write_mixed_folder
 
 from ronan_jax.attribution.profile import Profile
-from ronan_jax.audit import run_audit
+from ronan_jax.audit import AuditConfig, AuditPlan, run_audit
 from ronan_jax.models.checkpoint import load_generator
 from ronan_jax.results.store import ResultStore
 from ronan_jax.results.telemetry import (
@@ -76,12 +76,13 @@ def folder(world: TinyWorld, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def audit(world, folder, db, profile):
-    from ronan_jax.attribution.attribute import config_from_profile
+    from ronan_jax.attribution.profile import config_from_profile
 
     model, reference = load_generator(world.model), load_generator(world.reference)
     with ResultStore(db) as store:
-        summary = run_audit([str(folder)], model, reference, profile, config_from_profile(profile),
-                            store, batch_size=BATCH)
+        plan = AuditPlan.from_objects(model, reference, profile, config_from_profile(profile),
+                                      AuditConfig(model=model.name, batch_size=BATCH))
+        summary = run_audit([str(folder)], plan, store)
         return summary, store.iter_telemetry(run_id=summary.run_id), store.runs()[-1]
 
 
@@ -106,8 +107,9 @@ def test_every_batch_leaves_a_telemetry_row(world, folder, tmp_path):
 
 
 def test_early_stopping_shows_as_steps_saved(world, folder, tmp_path):
-    from ronan_jax.attribution.attribute import config_from_profile
-    from ronan_jax.cli import _work_note, summary_paragraph
+    from ronan_jax.attribution.profile import config_from_profile
+    from ronan_jax.cli import summary_paragraph
+    from ronan_jax.report.metadata import work_note
 
     base = Profile.load(world.profile)
     # successive halving at half the steps: each image keeps 1 of its 2 restarts after 5 steps
@@ -123,4 +125,4 @@ def test_early_stopping_shows_as_steps_saved(world, folder, tmp_path):
     assert "Inversion work: 480 of 640 optimisation steps run (75.0% of the full budget, " \
            "25.0% saved by early stopping)" in text
     assert "images/s in the engine, up to 32 image(s) per device call." in text
-    assert _work_note(str(db), summary.config_key).startswith("Inversion work: 480 of 640")
+    assert work_note(str(db), summary.config_key).startswith("Inversion work: 480 of 640")

@@ -31,4 +31,4 @@ def test_shipped_profile_loads_and_matches_its_models_parameter_hash(path):
     assert prof.mu == pytest.approx(cal.mean()) and prof.sigma == pytest.approx(cal.std(ddof=1))
     np.testing.assert_allclose(cal, np.asarray(prof.losses) / np.asarray(prof.ref_losses), rtol=1e-6)
     if not path.stem.endswith("-demo"):
-        assert prof.config["steps"] == 1500  # SPEC defaults for the full profiles
+        assert prof.config["steps"] == 1500  # the paper's defaults for the full profiles

@@ -1,7 +1,7 @@
 """Reproduce the paper's accuracy tables on the zoo (resumable; every loss cached).
 
-    python -m benchmarks.accuracy core           # issue 4's rows: dcgan-mnist, SPEC defaults
-    python -m benchmarks.accuracy 2 3 8          # Tables 2, 3 and 8, SPEC defaults
+    python -m benchmarks.accuracy core           # the core rows: dcgan-mnist, the paper's defaults
+    python -m benchmarks.accuracy 2 3 8          # Tables 2, 3 and 8, the paper's defaults
     python -m benchmarks.accuracy all --steps 200 --n 50   # every table at reduced settings
     python -m benchmarks.accuracy core --quick   # a fast smoke run (20 steps x 2, n 10)
     python -m benchmarks.accuracy 2 4 --workers 2   # one pinned process per core
@@ -11,7 +11,7 @@
 Per-image losses are appended to benchmarks/accuracy/cache/*.jsonl as they are measured, so a
 stopped run resumes and tables share inversions. Each table writes
 benchmarks/accuracy/results/table-<T>[-<settings>].{json,md,png}. Expect ~14 s per image
-(model + reference) at the SPEC defaults on 2 CPU cores, i.e. ~45 minutes per 200-image row
+(model + reference) at the paper's defaults on 2 CPU cores, i.e. ~45 minutes per 200-image row
 whose images are not cached yet. With ``--workers K`` every inversion the chosen tables need
 is first run on K processes pinned to one core each (2.3x the throughput of one process on
 2 cores here), then the tables are scored from the cache.

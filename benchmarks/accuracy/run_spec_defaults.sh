@@ -1,5 +1,5 @@
 #!/bin/sh
-# The SPEC-default accuracy runs, in priority order (resumable: rerun after any stop).
+# The paper-default accuracy runs, in priority order (resumable: rerun after any stop).
 # Each step first fills the loss cache on WORKERS processes pinned to one core each, then
 # scores its tables from the cache (cached steps take seconds). Table 7 measures the ends and
 # middle of its range first; Table 2's photo rows run after it (they cost most).

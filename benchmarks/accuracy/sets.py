@@ -9,7 +9,7 @@ A set is named by a spec string:
 - ``data:DATASET`` — real images of a zoo dataset (:func:`ronan_jax.zoo.data.dataset`): the
   first ``n`` MNIST digits of a split (the splits are already shuffled with a fixed seed), or
   ``n`` photo patches drawn with seed 0;
-- ``1977:SPEC`` — the images of ``SPEC`` passed through the "1977" filter of ``pilgram``
+- ``1977:SET`` — the images of set ``SET`` passed through the "1977" filter of ``pilgram``
   (the paper's adaptive attack, appendix D); greyscale images are filtered as RGB and brought
   back to one channel with BT.601 luma, the rule the audit applies to a greyscale model.
 
@@ -157,4 +157,4 @@ def load_set(spec: str, n: int) -> np.ndarray:
         return _real(rest, n)
     if kind == "1977":
         return filter_1977(load_set(rest, n))
-    raise ValueError(f"unknown image set {spec!r} (gen:MODEL:SEED, data:DATASET, 1977:SPEC)")
+    raise ValueError(f"unknown image set {spec!r} (gen:MODEL:SEED, data:DATASET, 1977:SET)")

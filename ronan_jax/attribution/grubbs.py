@@ -1,4 +1,4 @@
-"""One-sided Grubbs' test of calibrated losses against a belonging distribution (SPEC section 4).
+"""One-sided Grubbs' test of calibrated losses against a belonging distribution.
 
 H0: the image is non-belonging, i.e. an outlier ABOVE the belonging distribution (mu, sigma,
 N) of a model's calibrated losses. H0 is rejected (the image is belonging) when
@@ -17,6 +17,8 @@ from numbers import Integral
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy import stats
+
+from ronan_jax.attribution.verdicts import BELONGING, NON_BELONGING
 
 
 def _check_n(n: int) -> int:
@@ -158,4 +160,4 @@ def verdict_labels(belonging: ArrayLike) -> np.ndarray:
     b = np.asarray(belonging)
     if b.dtype != np.bool_:
         raise ValueError(f"belonging must be a boolean array, got dtype {b.dtype}")
-    return np.where(b, "belonging", "non-belonging")
+    return np.where(b, BELONGING, NON_BELONGING)

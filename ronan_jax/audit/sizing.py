@@ -29,16 +29,16 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+import jax
+
+from ronan_jax.attribution.verdicts import INTERNAL, OUT_OF_MEMORY
+from ronan_jax.audit.config import CPU_BATCH_SIZE
 from ronan_jax.engine.config import InversionConfig
 from ronan_jax.engine.generator import Generator
 from ronan_jax.engine.memory import device_memory, per_image_bytes
 
 T = TypeVar("T")
 
-OUT_OF_MEMORY = "out-of-memory"
-"""``error_kind`` of an image that does not fit in device memory even alone."""
-INTERNAL = "internal"
-"""``error_kind`` of images whose call failed for another reason than memory."""
 
 SAFETY = 0.8
 """Share of the free device memory a call may plan to use (the rest: fragmentation, the
@@ -65,6 +65,24 @@ def engine_images_per_call(config: InversionConfig, devices: int = 1, backend: s
 
     max_batch = config.max_batch or default_max_batch(backend)
     return max(1, max_batch // config.restarts) * max(1, devices)
+
+
+def default_batch_size(config: InversionConfig | None = None, backend: str | None = None) -> int:
+    """Images per batch (and per commit) when the user does not say: small on CPU (rows are
+    committed often and the first results come quickly); on accelerators as many images as
+    one device call takes, times the devices the engine splits a batch over, so each device
+    gets a full call."""
+    if backend is None:
+        backend = jax.default_backend()
+    if backend == "cpu":
+        return CPU_BATCH_SIZE
+    config = config or InversionConfig()
+    try:
+        local = jax.local_device_count(backend)
+    except RuntimeError:  # that backend is not present here (a planning question)
+        local = 1
+    devices = min(config.devices, local) if config.devices else local
+    return engine_images_per_call(config, devices, backend)
 
 
 def _floor_pow2(n: int) -> int:

@@ -69,7 +69,8 @@ class Item:
         return (self.path, self.member or "")
 
     def row_fields(self) -> dict[str, Any]:
-        """The results-row fields the io layer knows (an error row is complete with these)."""
+        """The results-row fields the inputs know: identity, file facts and, for an input
+        that failed, ``error_kind`` and ``error`` (the audit adds the verdict)."""
         row: dict[str, Any] = {
             "path": self.path,
             "member": self.member or "",
@@ -81,7 +82,7 @@ class Item:
             "resized": self.resized,
         }
         if not self.ok:
-            row.update(verdict="error", error_kind=self.error_kind, error=self.error)
+            row.update(error_kind=self.error_kind, error=self.error)
         return row
 
 

@@ -24,7 +24,7 @@ FALLBACK_REFERENCE = "builtin:ref-photo"
 """Reference of a checkpoint whose model card names none: the zoo's general-purpose reference
 (fully convolutional, serves any size that is a multiple of 4, greyscale via luma)."""
 
-_PROFILES_DIR = Path(__file__).resolve().parent / "zoo" / "profiles"
+_PROFILES_DIR = Path(__file__).resolve().parent.parent / "zoo" / "profiles"
 
 
 class ModelSpecError(ValueError):

@@ -5,7 +5,8 @@ Public API::
     render_report(rows, profile, run_meta, labels=None, *, out_path, k=8, ...) -> Path
     compute_summary(rows, labels=None) -> Summary      # counts, confusion, accuracy, AUC
     auc_from_losses(losses, labels) / roc_curve(losses, labels)
-    image_key(row) -> "path" or "path::member"         # the key labels are given by
+    label_key(row) -> "path" or "path::member"         # the key labels are given by
+    write_report(db, out_path=None, labels=None, run=None) -> (Path, n)   # a database's report
 
 Imports NumPy, matplotlib (Agg canvas, no pyplot), Pillow and Jinja2; never JAX.
 """
@@ -17,17 +18,22 @@ from ronan_jax.report._summary import (
     Summary,
     auc_from_losses,
     compute_summary,
-    image_key,
+    label_key,
     roc_curve,
 )
+from ronan_jax.report.metadata import RunSelectionError, pick_run
+from ronan_jax.report.write import write_report
 
 __all__ = [
     "VERDICTS",
     "Confusion",
+    "RunSelectionError",
     "Summary",
     "auc_from_losses",
     "compute_summary",
-    "image_key",
+    "label_key",
+    "pick_run",
     "render_report",
     "roc_curve",
+    "write_report",
 ]

@@ -15,13 +15,14 @@ from typing import Any
 import numpy as np
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from ronan_jax.attribution.verdicts import ERROR
 from ronan_jax.report._images import Thumb, load_evidence
 from ronan_jax.report._plots import calibrated_loss_histogram, roc_plot
 from ronan_jax.report._summary import (
     Summary,
     compute_summary,
     finite_or_none,
-    image_key,
+    label_key,
     roc_curve,
 )
 
@@ -175,7 +176,7 @@ def _profile_notes(profile: Mapping[str, Any] | None, prof: dict[str, Any] | Non
     """The profile's own warning: failed inversions inflating its threshold."""
     if profile is None or prof is None or prof["threshold"] is None or prof["alpha"] is None:
         return []
-    from ronan_jax.attribution.profile_checks import failed_inversion_note
+    from ronan_jax.attribution.profile import failed_inversion_note
 
     note = failed_inversion_note(profile.get("calibrated_losses") or [],
                                  profile.get("trimmed") or [], prof["alpha"], prof["threshold"])
@@ -198,7 +199,7 @@ def _histogram(
         if labels is None:
             group = row["verdict"]
         else:
-            label = labels.get(image_key(row))
+            label = labels.get(label_key(row))
             group = "unlabelled" if label is None else ("belonging" if label else "non-belonging")
         groups[group].append(loss)
     if prof is None:
@@ -230,7 +231,7 @@ def _roc(
 ) -> _Figure | None:
     losses, truth = [], []
     for row in ok_rows:
-        key = image_key(row)
+        key = label_key(row)
         loss = finite_or_none(row.get("calibrated_loss"))
         if key in labels and loss is not None:
             losses.append(loss)
@@ -268,7 +269,7 @@ def _entries(
                 thumbs = load_evidence(evidence, evidence_root)
             except (OSError, ValueError) as exc:
                 note = f"evidence unavailable: {type(exc).__name__}: {exc}"
-        label = None if labels is None else labels.get(image_key(row))
+        label = None if labels is None else labels.get(label_key(row))
         out.append(
             _Entry(
                 rank=i,
@@ -304,7 +305,7 @@ def render_report(
 
     ``rows`` are result rows as the store gives them; ``profile`` the belonging profile used
     (or None); ``run_meta`` free-form metadata shown as a table; ``labels`` maps
-    `image_key` (``path`` or ``path::member``) to True for belonging. ``k`` images with the
+    `label_key` (``path`` or ``path::member``) to True for belonging. ``k`` images with the
     lowest and ``k`` with the highest z are shown with their evidence; relative evidence paths
     are resolved against ``evidence_root``. Rows with verdict ``'error'`` are counted and
     listed (at most ``max_error_rows``) but enter no plot or metric. Plots and pictures are
@@ -315,12 +316,12 @@ def render_report(
     rows = list(rows)
     summary = compute_summary(rows, labels)
     prof = _profile_view(profile)
-    ok_rows = [r for r in rows if r["verdict"] != "error"]
-    error_rows = [r for r in rows if r["verdict"] == "error"]
+    ok_rows = [r for r in rows if r["verdict"] != ERROR]
+    error_rows = [r for r in rows if r["verdict"] == ERROR]
 
     ranked = sorted(
         (r for r in ok_rows if finite_or_none(r.get("z")) is not None),
-        key=lambda r: (finite_or_none(r.get("z")), image_key(r)),
+        key=lambda r: (finite_or_none(r.get("z")), label_key(r)),
     )
     most = ranked[:k]
     least = ranked[len(most) :][::-1][:k]

@@ -1,6 +1,6 @@
 """The numbers of a report, separate from their presentation: counts, confusion, accuracy, AUC.
 
-Conventions (SPEC "figures to meet"): belonging is the positive class; a lower calibrated loss
+Conventions (as the paper scores its tables): belonging is the positive class; a lower calibrated loss
 means "more belonging", so the AUC is P(A'(belonging) < A'(non-belonging)) with ties counted
 one half -- the Mann-Whitney U statistic divided by n_pos * n_neg. Rows whose verdict is
 ``'error'`` are counted but enter no metric.
@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-VERDICTS: tuple[str, ...] = ("belonging", "non-belonging", "error")
+from ronan_jax.attribution.verdicts import BELONGING, ERROR, VERDICTS
 
 
-def image_key(row: Mapping[str, Any]) -> str:
+def label_key(row: Mapping[str, Any]) -> str:
     """The key labels use for a row: ``path``, or ``path::member`` for a tar member."""
     member = row.get("member") or ""
     return f"{row['path']}::{member}" if member else str(row["path"])
@@ -168,16 +168,16 @@ class Summary:
 def compute_summary(
     rows: Iterable[Mapping[str, Any]], labels: Mapping[str, bool] | None = None
 ) -> Summary:
-    """Count verdicts and, given labels (`image_key` -> True for belonging), score them."""
+    """Count verdicts and, given labels (`label_key` -> True for belonging), score them."""
     rows = list(rows)
     counts = dict.fromkeys(VERDICTS, 0)
     for row in rows:
         verdict = row.get("verdict")
         if verdict not in counts:
-            raise ValueError(f"unknown verdict {verdict!r} for {image_key(row)!r}")
+            raise ValueError(f"unknown verdict {verdict!r} for {label_key(row)!r}")
         counts[verdict] += 1
     error_kinds = Counter(
-        str(row.get("error_kind") or "unknown") for row in rows if row["verdict"] == "error"
+        str(row.get("error_kind") or "unknown") for row in rows if row["verdict"] == ERROR
     )
     base = {
         "n_rows": len(rows),
@@ -187,20 +187,20 @@ def compute_summary(
     if labels is None:
         return Summary(labelled=False, **base)
 
-    keys = {image_key(row) for row in rows}
+    keys = {label_key(row) for row in rows}
     tp = fp = fn = tn = 0
     unlabelled = no_loss = 0
     losses: list[float] = []
     truth: list[bool] = []
     for row in rows:
-        if row["verdict"] == "error":
+        if row["verdict"] == ERROR:
             continue
-        key = image_key(row)
+        key = label_key(row)
         if key not in labels:
             unlabelled += 1
             continue
         actual = bool(labels[key])
-        predicted = row["verdict"] == "belonging"
+        predicted = row["verdict"] == BELONGING
         if actual and predicted:
             tp += 1
         elif actual:

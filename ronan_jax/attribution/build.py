@@ -1,0 +1,134 @@
+"""Building a belonging profile: generate the model's own images, invert them on the model
+and the reference, and keep the statistics of their calibrated losses.
+
+Every finished chunk's losses are appended to a resume file, so a long build survives being
+stopped, and a rerun with other statistics (alpha, trimming) inverts nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from ronan_jax.attribution.calibrate import calibrate, calibrated_losses
+from ronan_jax.attribution.profile import Profile, belonging_stats, quantize_8bit
+from ronan_jax.engine.config import InversionConfig
+from ronan_jax.engine.environment import library_versions
+from ronan_jax.engine.generator import Generator
+from ronan_jax.engine.invert import default_max_batch
+
+ProgressFn = Callable[[int, int], None]
+"""``progress(done, total)``: images whose losses are measured so far, of all."""
+
+
+def build_profile(
+    model: Generator,
+    reference: Generator | None,
+    n: int = 100,
+    seed: int = 0,
+    config: InversionConfig | None = None,
+    alpha: float = 0.05,
+    progress: ProgressFn | None = None,
+    resume_path: str | Path | None = None,
+    trim_outliers: bool = False,
+    model_spec: str | None = None,
+    reference_spec: str | None = None,
+) -> Profile:
+    """Generate ``n`` images from random inputs of ``model``, quantise them to 8 bits, and
+    measure their calibrated losses. ``reference=None`` builds an
+    uncalibrated profile. ``progress(done, total)`` is called after each chunk of images.
+
+    ``resume_path``: a JSON-lines file where each finished chunk's losses are appended; a
+    rerun with the same model, reference, settings and seed skips the chunks already there,
+    so a long profile build survives being stopped.
+
+    ``trim_outliers`` (off by default, as in the paper): leave out of mu and sigma the losses
+    that repeated Grubbs tests find too high (:func:`belonging_stats`), i.e. inversions that
+    failed; one such loss can multiply sigma and with it the threshold.
+
+    ``model_spec`` / ``reference_spec``: how the models were named (``builtin:NAME`` or a
+    checkpoint path), recorded in the profile so an audit finds the same reference.
+    """
+    if n < 3:
+        raise ValueError(f"a profile needs n >= 3 images, got {n}")
+    config = config or InversionConfig()
+    images = quantize_8bit(np.asarray(model.generate(jax.random.key(seed), n)))
+    chunk = max(1, (config.max_batch or default_max_batch()) // config.restarts)
+    ident = {
+        "model": model.identity,
+        "reference": None if reference is None else reference.identity,
+        "config": config.result_settings(),
+        "seed": seed,
+        "n": n,
+    }
+    done = _read_resume(resume_path, ident)
+    for lo in range(0, n, chunk):
+        hi = min(lo + chunk, n)
+        if not all(i in done for i in range(lo, hi)):
+            loss_c, ref_c, _, _, _ = calibrated_losses(model, reference, images[lo:hi], config)
+            for j, i in enumerate(range(lo, hi)):
+                done[i] = (float(loss_c[j]), None if ref_c is None else float(ref_c[j]))
+            _append_resume(resume_path, ident, {i: done[i] for i in range(lo, hi)})
+        if progress is not None:
+            progress(hi, n)
+    loss = np.array([done[i][0] for i in range(n)])
+    ref_loss = None if reference is None else np.array([done[i][1] for i in range(n)])
+    cal = calibrate(loss, ref_loss)
+    mu, sigma, n_used, trimmed = belonging_stats(cal, alpha, trim_outliers)
+    return Profile(
+        model=_with_spec(model.identity, model_spec),
+        reference=None if reference is None else _with_spec(reference.identity, reference_spec),
+        config=config.result_settings(),
+        calibrated=reference is not None,
+        n=n_used,
+        mu=mu,
+        sigma=sigma,
+        alpha=alpha,
+        seed=seed,
+        losses=[float(x) for x in loss],
+        ref_losses=None if ref_loss is None else [float(x) for x in ref_loss],
+        calibrated_losses=[float(x) for x in cal],
+        image_shape=list(model.output_shape),
+        versions=library_versions(),
+        created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        trimmed=trimmed,
+    )
+
+
+def _with_spec(identity: dict[str, str], spec: str | None) -> dict[str, str]:
+    return dict(identity) if spec is None else {**identity, "spec": spec}
+
+
+def _read_resume(path: str | Path | None, ident: dict[str, Any]) -> dict[int, tuple[float, float | None]]:
+    """Losses already measured by an interrupted build with the same identity."""
+    if path is None or not Path(path).is_file():
+        return {}
+    done: dict[int, tuple[float, float | None]] = {}
+    for line in Path(path).read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill
+        if rec.get("ident") == ident:
+            for k, v in rec["losses"].items():
+                done[int(k)] = (v[0], v[1])
+    return done
+
+
+def _append_resume(path: str | Path | None, ident: dict[str, Any], losses: dict[int, tuple[float, float | None]]) -> None:
+    if path is None:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torn = path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
+    with open(path, "a") as fh:
+        if torn:  # a line cut short by a kill: end it, so the new record stands alone
+            fh.write("\n")
+        fh.write(json.dumps({"ident": ident, "losses": {str(k): list(v) for k, v in losses.items()}}) + "\n")
+        fh.flush()

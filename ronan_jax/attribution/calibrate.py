@@ -1,0 +1,60 @@
+"""Calibration: an image's loss on the model divided by its loss on a reference model.
+
+The reference (trained on other data, with another architecture) measures how hard the
+image is to reconstruct at all, so the ratio removes the image's inherent complexity.
+:func:`calibrate` is the one ratio rule; :func:`calibrated_losses` inverts on both models.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ronan_jax.engine.config import InversionConfig
+from ronan_jax.engine.generator import Generator
+from ronan_jax.engine.invert import invert
+
+
+def calibrate(loss: np.ndarray, ref_loss: np.ndarray | None) -> np.ndarray:
+    """``loss / ref_loss`` (divided in the losses' own precision), as float64 with NaN where
+    it is not finite (a reference loss of 0, an overflow, a diverged inversion); ``loss``
+    itself when uncalibrated."""
+    loss = np.asarray(loss)
+    if ref_loss is None:
+        ratio = loss
+    else:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = loss / np.asarray(ref_loss)
+    return np.where(np.isfinite(ratio), ratio, np.nan).astype(np.float64)
+
+
+def calibrated_losses(
+    model: Generator,
+    reference: Generator | None,
+    images: np.ndarray,
+    config: InversionConfig,
+    stop_threshold: float | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, Any, Any]:
+    """Losses on the model and on the reference, and their ratio (the model's loss alone
+    when uncalibrated).
+
+    Returns (loss, ref_loss, calibrated, model_result, reference_result); the reference
+    generator is adapted to the images' shape (:meth:`Generator.for_shape`).
+
+    ``stop_threshold``: a calibrated-loss decision threshold. The reference is inverted
+    first, then each image's inversion on the model stops as soon as its calibrated loss is
+    below the threshold. Exact for the decision (the model's best loss only falls with more
+    steps); the loss reported for such an image is an upper bound of the full run's.
+    """
+    ref_res = None
+    if reference is not None:
+        ref = reference.for_shape(tuple(images.shape[1:]))
+        ref_res = invert(ref, images, config)
+    stop_below = None
+    if stop_threshold is not None:
+        stop_below = stop_threshold * (1.0 if ref_res is None else ref_res.loss.astype(np.float64))
+    res = invert(model, images, config, stop_below=stop_below)
+    if ref_res is None:
+        return res.loss, None, res.loss, res, None
+    return res.loss, ref_res.loss, calibrate(res.loss, ref_res.loss), res, ref_res

@@ -1,0 +1,29 @@
+"""The one vocabulary of outcomes: the verdict of an image and, for errors, why.
+
+Every row of an audit has one of :data:`VERDICTS`. An ``error`` row also names its reason:
+one of the input kinds (the file could not be read or decoded, see
+``ronan_jax.inputs.ERROR_KINDS``) or one of the engine's: :data:`DIVERGED` (every restart's
+loss became NaN/inf, deterministic, so never retried), :data:`OUT_OF_MEMORY` (the image
+alone did not fit in device memory) and :data:`INTERNAL` (an unexpected failure of its
+inversion call). The strings are stored in databases: they never change.
+"""
+
+from __future__ import annotations
+
+BELONGING = "belonging"
+NON_BELONGING = "non-belonging"
+ERROR = "error"
+VERDICTS: tuple[str, ...] = (BELONGING, NON_BELONGING, ERROR)
+
+DIVERGED = "diverged"
+OUT_OF_MEMORY = "out-of-memory"
+INTERNAL = "internal"
+ENGINE_ERROR_KINDS: tuple[str, ...] = (DIVERGED, OUT_OF_MEMORY, INTERNAL)
+
+NOT_RETRIED: frozenset[str] = frozenset({DIVERGED})
+"""Error kinds a resumed audit does not retry (the outcome would be the same)."""
+
+
+def is_judged(verdict: str) -> bool:
+    """Whether a verdict is a judgement (belonging or non-belonging), not an error."""
+    return verdict in (BELONGING, NON_BELONGING)

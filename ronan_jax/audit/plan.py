@@ -1,0 +1,221 @@
+"""From what the user asked (:class:`AuditConfig`) to what the audit runs (:class:`AuditPlan`).
+
+The rules: the profile is ``AuditConfig.profile`` or the one shipped with a builtin model;
+the reference is the one named, else none for an uncalibrated profile, else the one the
+profile was built with, else the model's documented default; the inversion settings are the
+profile's, and settings the user named must equal them. Every refusal is an
+:class:`AuditPlanError` naming the field at fault, raised before anything is stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ronan_jax.attribution.profile import (
+    Profile,
+    ProfileMismatchError,
+    check_compatible,
+    config_from_profile,
+)
+from ronan_jax.audit.config import AUDIT_FORMAT, AuditConfig
+from ronan_jax.engine.config import InversionConfig
+from ronan_jax.engine.environment import library_versions
+from ronan_jax.engine.generator import Generator
+from ronan_jax.models import resolver
+
+
+class AuditPlanError(ValueError):
+    """An audit that cannot run as asked; ``field`` names the :class:`AuditConfig` field at
+    fault (``model``, ``reference``, ``profile``, ``inversion``) or is None."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditPlan:
+    """A resolved audit: the models, the profile and the inversion settings it judges with,
+    and the metadata recorded with its run. Build one with :func:`plan_audit` (from specs)
+    or :meth:`from_objects` (from models and a profile in hand)."""
+
+    audit: AuditConfig
+    model: Generator
+    reference: Generator | None
+    profile: Profile
+    config: InversionConfig
+    info: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_objects(
+        cls,
+        model: Generator,
+        reference: Generator | None,
+        profile: Profile,
+        config: InversionConfig | None = None,
+        audit: AuditConfig | None = None,
+        info: Mapping[str, Any] | None = None,
+    ) -> AuditPlan:
+        """A plan for models and a profile already loaded; ``config`` defaults to the
+        profile's settings. Raises :class:`ProfileMismatchError` when they do not match."""
+        config = config or config_from_profile(profile)
+        check_matches_profile(profile, model, reference, config)
+        return cls(audit or AuditConfig(model=model.name), model, reference, profile, config,
+                   dict(info or {}))
+
+    @property
+    def evidence_dir(self) -> Path | None:
+        return self.audit.resolved_evidence_dir()
+
+    def describe_settings(self) -> str:
+        """The inversion settings in one phrase, for messages."""
+        c = self.config
+        return f"{c.steps} steps x {c.restarts} restarts, lr {c.lr:g}, {c.metric}, seed {c.seed}"
+
+
+def check_matches_profile(
+    profile: Profile, model: Generator, reference: Generator | None, config: InversionConfig
+) -> None:
+    """Refuse (:class:`ProfileMismatchError`) weights, settings or an image shape that are
+    not the profile's."""
+    check_compatible(profile, model, reference, config)
+    if tuple(profile.image_shape) != tuple(model.output_shape):
+        raise ProfileMismatchError(
+            f"the profile was built on {tuple(profile.image_shape)} images but the model "
+            f"emits {tuple(model.output_shape)}"
+        )
+
+
+def profile_path_for(model_spec: str, given: str | None) -> Path:
+    """``given``, or the profile shipped with a builtin model."""
+    if given:
+        return Path(given)
+    found = resolver.shipped_profile(model_spec)
+    if found is not None:
+        return found
+    if resolver.is_builtin(model_spec):
+        name = resolver.builtin_name(model_spec)
+        raise AuditPlanError(
+            f"no profile is shipped for {model_spec}; build one with "
+            f"`ronan profile --model {model_spec} -o {name}.json` and pass --profile {name}.json"
+        )
+    raise AuditPlanError(
+        "a checkpoint model needs --profile: build one with "
+        f"`ronan profile --model {model_spec} -o profile.json`"
+    )
+
+
+def reference_spec_for(model_spec: str, given: str | None, profile: Profile) -> str | None:
+    """``given``; else none for an uncalibrated profile; else the reference the profile was
+    built with (when it recorded its spec); else the model's default reference."""
+    if given is not None:
+        return given
+    if not profile.calibrated:
+        return None
+    spec = (profile.reference or {}).get("spec")
+    if spec:
+        return str(spec)
+    return resolver.default_reference_spec(model_spec)
+
+
+def settings_from_profile(
+    profile: Profile, model: Generator, reference: Generator | None, given: Mapping[str, Any]
+) -> InversionConfig:
+    """The profile's inversion settings with ``given`` applied; those that change results
+    must equal the profile's (else :class:`AuditPlanError`)."""
+    try:
+        config = config_from_profile(profile).replace(**given)
+    except ValueError as exc:
+        raise AuditPlanError(str(exc), "inversion") from exc
+    try:
+        check_matches_profile(profile, model, reference, config)
+    except ProfileMismatchError as exc:
+        hint = (
+            ". Omit --steps/--restarts/--lr/--metric/--seed to use the profile's settings, or "
+            "build a profile with yours (`ronan profile`)."
+        )
+        raise AuditPlanError(f"{exc}{hint if given else ''}", "inversion") from exc
+    return config
+
+
+def load_profile(path: str | Path) -> Profile:
+    """The profile at ``path``; :class:`AuditPlanError` (field ``profile``) if unreadable."""
+    try:
+        return Profile.load(path)
+    except (ValueError, TypeError) as exc:
+        raise AuditPlanError(str(exc), "profile") from exc
+
+
+def load_models(model_spec: str, reference_spec: str | None, defaulted: bool) -> tuple[Generator, Generator | None]:
+    """The model and reference named by specs (``defaulted``: the reference spec was not the
+    user's), as :class:`AuditPlanError` naming the field when one does not load."""
+    try:
+        model = resolver.load_model(model_spec)
+    except resolver.ModelSpecError as exc:
+        raise AuditPlanError(str(exc), "model") from exc
+    try:
+        reference = resolver.load_reference(reference_spec)
+    except resolver.ModelSpecError as exc:
+        hint = (
+            f" ({reference_spec} is the default reference; name another with --reference, or "
+            "`none`)" if defaulted else ""
+        )
+        raise AuditPlanError(f"{exc}{hint}", "reference") from exc
+    return model, reference
+
+
+def plan_audit(
+    audit: AuditConfig, inputs: Sequence[str] = (), info: Mapping[str, Any] | None = None
+) -> AuditPlan:
+    """Resolve ``audit`` into a plan: load the profile and models, take the settings from
+    the profile, and gather what the run records (specs, profile, inputs, ``info``)."""
+    profile_path = profile_path_for(audit.model, audit.profile)
+    profile = load_profile(profile_path)
+    ref_spec = reference_spec_for(audit.model, audit.reference, profile)
+    model, reference = load_models(audit.model, ref_spec, defaulted=audit.reference is None)
+    config = settings_from_profile(profile, model, reference, audit.inversion)
+    run_info = {
+        "audit": audit.to_dict(),
+        "model_spec": resolver.normalize_spec(audit.model),
+        "reference_spec": None if ref_spec is None else resolver.normalize_spec(ref_spec),
+        "profile_path": str(Path(profile_path).absolute()),
+        "profile": profile.to_dict(),
+        "inputs": list(inputs),
+        **(info or {}),
+    }
+    return AuditPlan(audit, model, reference, profile, config, run_info)
+
+
+def run_config(plan: AuditPlan, info: Mapping[str, Any], batch_size: int) -> dict[str, Any]:
+    """The configuration a run is stored with.
+
+    Its results key (see :mod:`ronan_jax.results.store`) covers what determines a row: model
+    and reference identity (weights hash), the profile (id and statistics), the inversion
+    settings, the decode rules (``resize``, ``max_pixels``, output shape) and
+    :data:`AUDIT_FORMAT`. Versions, batch size, workers and ``info`` are recorded only.
+    """
+    profile = plan.profile
+    return {
+        "audit_format": AUDIT_FORMAT,
+        "model": dict(plan.model.identity),
+        "reference": None if plan.reference is None else dict(plan.reference.identity),
+        "profile": {
+            "id": profile.id,
+            "n": profile.n,
+            "mu": profile.mu,
+            "sigma": profile.sigma,
+            "alpha": profile.alpha,
+            "calibrated": profile.calibrated,
+        },
+        "settings": plan.config.result_settings(),
+        "image_shape": list(plan.model.output_shape),
+        "resize": bool(plan.audit.resize),
+        "max_pixels": int(plan.audit.max_pixels),
+        "versions": library_versions(),
+        "batch_size": batch_size,
+        "workers": plan.audit.workers,
+        "info": dict(info),
+    }

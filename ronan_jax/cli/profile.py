@@ -1,0 +1,140 @@
+"""``ronan profile``: build a model's belonging profile."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from ronan_jax.cli.app import (
+    DEFAULT_MODEL_SPEC,
+    MODEL_HELP,
+    REFERENCE_HELP,
+    cli,
+    handle_errors,
+    stderr,
+)
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ronan_jax.attribution.build import ProgressFn
+    from ronan_jax.attribution.profile import Profile
+    from ronan_jax.engine.config import InversionConfig
+
+METRIC_NAMES = ("mse", "mae", "ssim")  # = ronan_jax.engine.metrics.METRICS names (checked in tests)
+
+
+@cli.command()
+@click.option("--model", default=DEFAULT_MODEL_SPEC, show_default=True, help=MODEL_HELP)
+@click.option("--reference", default=None, help=REFERENCE_HELP)
+@click.option("--samples", default=100, show_default=True, type=click.IntRange(min=3), help="N: how many of the model's own images the profile measures.")
+@click.option("--steps", default=1500, show_default=True, type=click.IntRange(min=1), help="Adam steps per inversion.")
+@click.option("--restarts", default=8, show_default=True, type=click.IntRange(min=1), help="Random restarts per image (the best one counts).")
+@click.option("--lr", default=0.1, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Adam learning rate.")
+@click.option("--metric", default="mse", show_default=True, type=click.Choice(METRIC_NAMES), help="Reconstruction loss.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the generated images and of the inversions.")
+@click.option("--alpha", default=0.05, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Significance level of Grubbs' test.")
+@click.option("--batch-size", default=None, type=click.IntRange(min=1), help="Images inverted together per device call (default: the engine's per-device choice).")
+@click.option("-o", "--out", default=None, type=click.Path(dir_okay=False), help="Where to write the profile JSON (default: profile-NAME.json).")
+@click.option("--trim-outliers", is_flag=True, help="Leave out of mu and sigma the profile losses that repeated Grubbs tests reject as too high (failed inversions). Off by default, as in the paper.")
+@click.option("--quiet", is_flag=True, help="No progress bar (for logs).")
+@handle_errors
+def profile(
+    model: str,
+    reference: str | None,
+    samples: int,
+    steps: int,
+    restarts: int,
+    lr: float,
+    metric: str,
+    seed: int,
+    alpha: float,
+    batch_size: int | None,
+    out: str | None,
+    trim_outliers: bool,
+    quiet: bool,
+) -> None:
+    """Build a model's belonging profile (run once per model; slow).
+
+    Generates --samples images from the model, saves them as 8-bit images would be, inverts
+    each on the model and on the reference, and stores the mean and spread of their
+    calibrated losses. Audits must use the same model, reference and settings; they take
+    their settings from the profile. The losses are also kept in OUT.progress.jsonl, so a
+    stopped build resumes and a rerun with --trim-outliers or another --alpha inverts nothing.
+    """
+    from ronan_jax.attribution.build import build_profile
+    from ronan_jax.audit.plan import load_models
+    from ronan_jax.engine.config import InversionConfig
+    from ronan_jax.models.resolver import default_reference_spec, normalize_spec
+
+    err = stderr()
+    ref_spec = reference if reference is not None else default_reference_spec(model)
+    gen, ref = load_models(model, ref_spec, defaulted=reference is None)
+    extra = {} if batch_size is None else {"max_batch": batch_size * restarts}
+    config = InversionConfig(steps=steps, restarts=restarts, lr=lr, metric=metric, seed=seed, **extra)
+    out_path = Path(out or f"profile-{gen.name}.json")
+    # Every measured loss is kept beside the profile: a stopped build resumes, and a rerun
+    # with other statistics (--alpha, --trim-outliers) inverts nothing.
+    resume = out_path.with_suffix(".progress.jsonl")
+    if not quiet:
+        ref_name = "none (uncalibrated)" if ref is None else ref.name
+        err.print(
+            f"Profile of {gen.name} (reference {ref_name}): {samples} images, "
+            f"{describe_settings(config)}."
+        )
+    with profile_progress(err, samples, quiet) as progress:
+        built = build_profile(
+            gen, ref, n=samples, seed=seed, config=config, alpha=alpha, progress=progress,
+            resume_path=resume, trim_outliers=trim_outliers, model_spec=normalize_spec(model),
+            reference_spec=None if ref_spec is None else normalize_spec(ref_spec),
+        )
+    built.save(out_path)
+    click.echo(
+        f"Wrote {out_path}: N={built.n}"
+        + (f" ({len(built.trimmed)} outliers trimmed)" if trim_outliers else "")
+        + f", mean calibrated loss {built.mu:.4g}, sd {built.sigma:.4g}, "
+        f"Grubbs critical value {built.critical_value:.4f} (alpha {built.alpha}). "
+        f"Audit with: ronan audit IMAGES --model {model} --profile {out_path}. "
+        f"Measured losses kept in {resume} (a rerun of this command reuses them)."
+    )
+    warn_failed_inversions(built)
+
+
+@contextlib.contextmanager
+def profile_progress(console: Console, total: int, quiet: bool) -> Iterator[ProgressFn | None]:
+    """A ``progress(done, total)`` callback drawing a bar on ``console`` (None when quiet)."""
+    if quiet:
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(TextColumn("[bold]profile"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=console) as bar:
+        task = bar.add_task("profile", total=total)
+        yield lambda done, n: bar.update(task, completed=done, total=n)
+
+
+def describe_settings(config: InversionConfig) -> str:
+    return (
+        f"{config.steps} steps x {config.restarts} restarts, lr {config.lr:g}, "
+        f"{config.metric}, seed {config.seed}"
+    )
+
+
+def warn_failed_inversions(profile: Profile) -> None:
+    """Say so when a profile's statistics include failed inversions (it loosens every verdict)."""
+    from ronan_jax.attribution.profile import failed_inversion_warning
+
+    warning = failed_inversion_warning(profile)
+    if warning:
+        click.echo(f"Warning: {warning}", err=True)
