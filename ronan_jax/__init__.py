@@ -24,6 +24,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+__version__ = "0.1.0"
+
 _EXPORTS = {
     "Generator": "ronan_jax.engine.generator",
     "InversionConfig": "ronan_jax.engine.config",

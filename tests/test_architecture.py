@@ -141,7 +141,7 @@ def test_cli_modules_import_nothing_heavy_at_load_time():
         (str(p.relative_to(ROOT)), name)
         for p in (PACKAGE / "cli").glob("*.py")
         for name, _ in imports(p, top_level_only=True)
-        if name.startswith("ronan_jax") and not name.startswith("ronan_jax.cli")
+        if (name.startswith("ronan_jax") and not name.startswith("ronan_jax.cli"))
         or name.split(".")[0] in {"jax", "numpy", "torch", "flax"}
     ]
     assert heavy == []

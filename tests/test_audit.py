@@ -13,10 +13,8 @@ import pytest
 from e2e_helpers import (
     BATCH,
     TinyWorld,
-    load_engine,
     make_tar,
     png_bytes,
-    tiny_world,
     write_mixed_folder,
 )
 
@@ -30,17 +28,6 @@ from ronan_jax.results.export import export_rows
 from ronan_jax.results.labels import read_labels
 from ronan_jax.results.store import ResultStore, make_config_key
 from ronan_jax.zoo.demo import save_png_images
-
-
-@pytest.fixture(scope="session")
-def world(tmp_path_factory: pytest.TempPathFactory) -> TinyWorld:
-    return tiny_world(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture(scope="module")
-def engine(world: TinyWorld):
-    """(model, reference, profile, config) of the tiny world."""
-    return load_engine(world)
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,6 @@ from e2e_helpers import (
     BATCH,
     RESTARTS,
     TinyWorld,
-    load_engine,
-    tiny_world,
     write_mixed_folder,
 )
 
@@ -130,11 +128,6 @@ def test_config_for_splits_the_cap_over_devices():
 CFG = InversionConfig(steps=10, restarts=RESTARTS, loop="chunked", unroll=10)
 
 
-@pytest.fixture(scope="session")
-def world(tmp_path_factory: pytest.TempPathFactory) -> TinyWorld:
-    return tiny_world(tmp_path_factory.getbasetemp())
-
-
 def test_plan_sizes_calls_from_the_free_device_memory(world):
     model, reference = load_generator(world.model), load_generator(world.reference)
     fixed, per = per_image_bytes(model, CFG)
@@ -154,12 +147,6 @@ def test_plan_sizes_calls_from_the_free_device_memory(world):
 
 
 # -- an audit that runs out of memory ------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def engine(world: TinyWorld):
-    """(model, reference, profile, config) of the tiny world."""
-    return load_engine(world)
 
 
 @pytest.fixture(scope="module")

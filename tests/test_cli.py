@@ -27,16 +27,10 @@ from e2e_helpers import (
     invoke,
     make_tar,
     png_bytes,
-    tiny_world,
     write_png,
 )
 
 MARKUP_NAME = "<img src=x onerror=alert(1)>.png"
-
-
-@pytest.fixture(scope="session")
-def world(tmp_path_factory: pytest.TempPathFactory) -> TinyWorld:
-    return tiny_world(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="module")
@@ -292,7 +286,7 @@ def fake_zoo(world: TinyWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     """Replace ronan_jax.zoo by tiny models: dcgan-mnist (the world's model), vae-mnist
     (another model), tiny-ref (the reference); shipped profiles in a temp folder."""
     import ronan_jax
-    import ronan_jax.zoo.demo  # noqa: F401  (the real demo module, loaded before the stand-in zoo)
+    import ronan_jax.zoo.demo
     from ronan_jax.models import resolver as models_resolver
     from ronan_jax.models.checkpoint import load_generator, read_card
 

@@ -73,7 +73,7 @@ def test_converted_64px_dcgan_profiles_and_audits_end_to_end(converted, tmp_path
 
 def _rerun_with_other_statistics_inverts_nothing(model: Path, profile: Path, first: dict) -> None:
     """`ronan profile` again with the same output but other statistics reuses its losses."""
-    import ronan_jax.attribution.profile as profile_module
+    import ronan_jax.attribution.build as profile_module
 
     def refuse(*a, **k):
         raise AssertionError("the rerun inverted an image again")

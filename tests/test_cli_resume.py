@@ -17,17 +17,11 @@ from e2e_helpers import (
     invoke,
     start_cli,
     subprocess_env,
-    tiny_world,
     wait_for_rows,
     write_png,
 )
 
 N_IMAGES = 48  # 6 batches of BATCH
-
-
-@pytest.fixture(scope="session")
-def world(tmp_path_factory: pytest.TempPathFactory) -> TinyWorld:
-    return tiny_world(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="module")

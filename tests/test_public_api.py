@@ -11,10 +11,8 @@ from e2e_helpers import (
     RESTARTS,
     SAMPLES,
     STEPS,
-    TinyWorld,
     db_rows,
     invoke,
-    tiny_world,
     write_mixed_folder,
 )
 
@@ -22,11 +20,6 @@ import ronan_jax
 
 COMPARED = ("path", "member", "sha256", "verdict", "error_kind", "loss", "ref_loss",
             "calibrated_loss", "z", "critical_value", "p_value")
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> TinyWorld:
-    return tiny_world(tmp_path_factory.getbasetemp())
 
 
 def test_the_curated_api_names_what_a_python_user_needs():

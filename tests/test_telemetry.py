@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from e2e_helpers import BATCH, RESTARTS, STEPS, TinyWorld, tiny_world, write_mixed_folder
+from e2e_helpers import BATCH, RESTARTS, STEPS, TinyWorld, write_mixed_folder
 
 from ronan_jax.attribution.profile import Profile
 from ronan_jax.audit import AuditConfig, AuditPlan, run_audit
@@ -61,11 +61,6 @@ def test_step_counts_and_summaries():
     full = WorkSummary(1, 1, 80, 80, 2.0, None, 0)
     assert "(the full budget)" in full.describe()
     assert summarize([]).describe() == "No image was inverted."
-
-
-@pytest.fixture(scope="session")
-def world(tmp_path_factory: pytest.TempPathFactory) -> TinyWorld:
-    return tiny_world(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="module")

@@ -149,22 +149,25 @@ def load_profile(path: str | Path) -> Profile:
         raise AuditPlanError(str(exc), "profile") from exc
 
 
-def load_models(model_spec: str, reference_spec: str | None, defaulted: bool) -> tuple[Generator, Generator | None]:
-    """The model and reference named by specs (``defaulted``: the reference spec was not the
-    user's), as :class:`AuditPlanError` naming the field when one does not load."""
+def load_model_spec(spec: str) -> Generator:
+    """The model a spec names, or :class:`AuditPlanError` (field ``model``)."""
     try:
-        model = resolver.load_model(model_spec)
+        return resolver.load_model(spec)
     except resolver.ModelSpecError as exc:
         raise AuditPlanError(str(exc), "model") from exc
+
+
+def load_reference_spec(spec: str | None, defaulted: bool) -> Generator | None:
+    """The reference a spec names (None for ``none``), or :class:`AuditPlanError` (field
+    ``reference``); ``defaulted``: the spec was not the user's, and the message says so."""
     try:
-        reference = resolver.load_reference(reference_spec)
+        return resolver.load_reference(spec)
     except resolver.ModelSpecError as exc:
         hint = (
-            f" ({reference_spec} is the default reference; name another with --reference, or "
-            "`none`)" if defaulted else ""
+            f" ({spec} is the default reference; name another with --reference, or `none`)"
+            if defaulted else ""
         )
         raise AuditPlanError(f"{exc}{hint}", "reference") from exc
-    return model, reference
 
 
 def plan_audit(
@@ -172,10 +175,11 @@ def plan_audit(
 ) -> AuditPlan:
     """Resolve ``audit`` into a plan: load the profile and models, take the settings from
     the profile, and gather what the run records (specs, profile, inputs, ``info``)."""
+    model = load_model_spec(audit.model)
     profile_path = profile_path_for(audit.model, audit.profile)
     profile = load_profile(profile_path)
     ref_spec = reference_spec_for(audit.model, audit.reference, profile)
-    model, reference = load_models(audit.model, ref_spec, defaulted=audit.reference is None)
+    reference = load_reference_spec(ref_spec, defaulted=audit.reference is None)
     config = settings_from_profile(profile, model, reference, audit.inversion)
     run_info = {
         "audit": audit.to_dict(),

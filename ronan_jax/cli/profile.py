@@ -67,13 +67,14 @@ def profile(
     stopped build resumes and a rerun with --trim-outliers or another --alpha inverts nothing.
     """
     from ronan_jax.attribution.build import build_profile
-    from ronan_jax.audit.plan import load_models
+    from ronan_jax.audit.plan import load_model_spec, load_reference_spec
     from ronan_jax.engine.config import InversionConfig
     from ronan_jax.models.resolver import default_reference_spec, normalize_spec
 
     err = stderr()
     ref_spec = reference if reference is not None else default_reference_spec(model)
-    gen, ref = load_models(model, ref_spec, defaulted=reference is None)
+    gen = load_model_spec(model)
+    ref = load_reference_spec(ref_spec, defaulted=reference is None)
     extra = {} if batch_size is None else {"max_batch": batch_size * restarts}
     config = InversionConfig(steps=steps, restarts=restarts, lr=lr, metric=metric, seed=seed, **extra)
     out_path = Path(out or f"profile-{gen.name}.json")
