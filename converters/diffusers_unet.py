@@ -36,7 +36,7 @@ import numpy as np
 from converters import layout
 from converters.base import Converted, fill_template, flax_key, sha256_file
 from converters.errors import ArchitectureError, ConversionError, preview
-from converters.readers import TensorTable, load_state_dict
+from converters.readers import TensorTable, load_state_dict, require_finite
 from ronan_jax.models import diffusion, unet2d
 from ronan_jax.models.unet2d import UNet2DConfig
 
@@ -167,15 +167,14 @@ def convert_unet_state_dict(
     """Flax variables of ``unet2d.UNet2D(config)`` from a diffusers state dict (NumPy).
 
     Raises ``KeyMismatchError`` listing missing/unused keys, ``ArchitectureError`` for
-    shapes that do not fit or non-finite tensors."""
+    shapes that do not fit, and its ``NonFiniteTensorError`` for NaN or infinite tensors."""
     table = TensorTable(state, source)
     values: dict[str, np.ndarray] = {}
     for row in unet_key_map(config):
         tensor = table.take(row.torch_key, *row.aliases)
         if tensor is None:
             continue
-        if np.issubdtype(tensor.dtype, np.floating) and not np.all(np.isfinite(tensor)):
-            raise ArchitectureError(f"{source}: tensor {row.torch_key} has NaN or inf values")
+        require_finite(tensor, row.torch_key, source)
         values[flax_key(*row.flax_path)] = row.rule(tensor)
     table.finish()
     shapes = jax.eval_shape(lambda: unet2d.init_variables(config, jax.random.key(0)))

@@ -30,6 +30,7 @@ from converters.errors import (
     ConversionError,
     CorruptCheckpointError,
     KeyMismatchError,
+    NonFiniteTensorError,
     UnsafeCheckpointError,
     preview,
 )
@@ -277,6 +278,15 @@ def strip_prefixes(
             raise ConversionError(f"key {k!r} appears twice after removing prefixes {prefixes}")
         out[k] = v
     return out
+
+
+def require_finite(tensor: np.ndarray, key: str, source: str) -> np.ndarray:
+    """``tensor`` itself when it holds no NaN or infinity (integer and boolean tensors always
+    pass); otherwise :class:`NonFiniteTensorError` naming ``key``. Converters refuse such
+    weights rather than write a generator whose every output would be NaN."""
+    if np.issubdtype(tensor.dtype, np.floating) and not np.all(np.isfinite(tensor)):
+        raise NonFiniteTensorError(f"{source}: tensor {key} holds NaN or infinite values")
+    return tensor
 
 
 class TensorTable:

@@ -24,7 +24,7 @@ import numpy as np
 from converters import layout
 from converters.base import Converted, fill_template, flax_key, sha256_file
 from converters.errors import ArchitectureError, ConversionError, preview
-from converters.readers import TensorTable, load_state_dict
+from converters.readers import TensorTable, load_state_dict, require_finite
 from ronan_jax.models import sd_vae
 
 __all__ = ["KeyRow", "convert_sd_vae", "convert_sd_vae_state_dict", "sd_vae_config", "vae_key_map"]
@@ -200,8 +200,7 @@ def convert_sd_vae_state_dict(
             if arr is None:
                 continue
             legacy_used |= f"{row.torch}.{leaf}" not in state
-            if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
-                raise ConversionError(f"{source}: tensor {row.torch}.{leaf} holds NaN or infinite values")
+            require_finite(arr, f"{row.torch}.{leaf}", source)
             try:
                 values[flax_key("params", *row.flax, flax_leaf)] = rule(arr)
             except ValueError as exc:
