@@ -46,9 +46,12 @@ def sniff(path: str | Path) -> str:
         raise ConversionError(f"{path}: is a folder; expected a checkpoint file")
     if not path.is_file():
         raise ConversionError(f"{path}: no such file")
-    size = path.stat().st_size
-    with path.open("rb") as fh:
-        head = fh.read(9)
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            head = fh.read(9)
+    except OSError as exc:  # permissions, I/O errors, a file removed meanwhile
+        raise ConversionError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
     if head.startswith(_ZIP_MAGIC):
         return "torch-zip"
     if head[:1] == b"\x80":  # pickle protocol opcode: torch.save's legacy format
