@@ -48,7 +48,8 @@ CONVERTERS: dict[str, tuple[str, str]] = {fmt: _ENTRY_POINTS[fmt] for fmt in FOR
 # diffusers ``config.json`` ``_class_name`` of a model folder -> format.
 MODEL_CLASSES = {"AutoencoderKL": "sd-vae", "UNet2DModel": "diffusers-unet"}
 # diffusers ``model_index.json`` ``_class_name`` of a pipeline folder -> format. Latent
-# diffusion pipelines are audited through their VAE decoder (SPEC: invert the decoder only).
+# diffusion pipelines are audited through their VAE decoder: the generator converted is the
+# decoder, its input the latent; the pipeline's UNet and text encoder are not converted.
 PIPELINE_CLASSES = {
     "ConsistencyModelPipeline": "consistency",
     "DDPMPipeline": "diffusers-unet",
