@@ -9,7 +9,8 @@ Public API (imported lazily, so ``import converters.layout`` stays light)::
 Layout: ``layout`` (tensor layout rules), ``readers`` (safe file reading, the finite-value
 check), ``keymap`` (key-map rules and the layer/block tables of the diffusers converters),
 ``base`` (the ``Converted`` result), ``errors``, ``formats`` (the format names, torch-free),
-``api`` (detection, dispatch table, writing), and one module per source format (``dcgan``, ``sd_vae``, ``diffusers_unet``, ``consistency``).
+``api`` (detection, dispatch table, writing), and one module per source format (``dcgan``,
+``sd_vae``, ``diffusers_unet``, ``consistency``).
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ in one :class:`KeyMismatchError`; shapes are then checked against a freshly init
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -51,11 +52,14 @@ from ronan_jax.models import diffusion, unet2d
 from ronan_jax.models.unet2d import UNet2DConfig
 
 __all__ = [
+    "UNetSource",
     "convert_unet",
     "convert_unet_state_dict",
     "pipeline_parts",
     "read_scheduler_config",
     "read_unet_folder",
+    "read_unet_source",
+    "unet_converted",
     "unet_key_map",
 ]
 
@@ -194,6 +198,61 @@ def read_scheduler_config(
     return {}, "defaults", []
 
 
+@dataclasses.dataclass(frozen=True)
+class UNetSource:
+    """A UNet or pipeline folder read for conversion, and the scheduler config to go with it
+    (what :func:`convert_unet` and ``converters.consistency`` both start from)."""
+
+    unet_dir: Path
+    config: UNet2DConfig
+    state: dict[str, np.ndarray]
+    facts: dict[str, Any]  # class_name, diffusers_version, weights_file, weights_dtypes
+    files: list[Path]  # every file read, the weights first (the card's source SHA-256)
+    scheduler: dict[str, Any]
+    scheduler_source: str
+
+    @property
+    def scheduler_class(self) -> str | None:
+        """The scheduler config's ``_class_name`` (None when it names none)."""
+        return self.scheduler.get("_class_name")
+
+
+def read_unet_source(
+    src: str | Path, scheduler: str | Path | Mapping[str, Any] | None
+) -> UNetSource:
+    """The UNet of a UNet or pipeline folder and its scheduler config (``scheduler``, else
+    the pipeline's, else none: the caller's defaults); nothing is converted yet."""
+    unet_dir, pipe_sched = pipeline_parts(Path(src))
+    config, _, state, facts = read_unet_folder(unet_dir)
+    sched_raw, sched_from, sched_files = read_scheduler_config(scheduler, pipe_sched)
+    files = [*facts.pop("files"), *sched_files]
+    return UNetSource(unet_dir, config, state, facts, files, sched_raw, sched_from)
+
+
+def unet_converted(
+    source: UNetSource, architecture: str, config: dict[str, Any], summary: dict[str, Any]
+) -> Converted:
+    """The :class:`Converted` generator ``architecture`` around ``source``'s UNet: its
+    variables, and a summary of the folder's facts, the scheduler, ``summary`` and the image
+    shape."""
+    unet = source.config
+    weights = str(source.unet_dir / source.facts["weights_file"])
+    variables = convert_unet_state_dict(source.state, unet, weights)
+    return Converted(
+        architecture=architecture,
+        config=config,
+        variables=variables,
+        summary={
+            **source.facts,
+            "scheduler_class": source.scheduler_class,
+            "scheduler_source": source.scheduler_source,
+            **summary,
+            "image_shape": [*unet.image_hw, unet.out_channels] if unet.sample_size else None,
+        },
+        sources={str(p): sha256_file(p) for p in source.files},
+    )
+
+
 DDIM_COMPATIBLE = (None, "DDIMScheduler", "DDPMScheduler", "PNDMScheduler")
 
 
@@ -215,42 +274,28 @@ def convert_unet(
         class_label: fixed class of a class-conditional UNet (``num_class_embeds``).
     """
     src = Path(src)
-    unet_dir, pipe_sched = pipeline_parts(src)
-    unet_cfg, _, state, facts = read_unet_folder(unet_dir)
-    sched_raw, sched_from, sched_files = read_scheduler_config(scheduler, pipe_sched)
-    sched_cls = sched_raw.get("_class_name")
-    if sched_cls not in DDIM_COMPATIBLE:
+    source = read_unet_source(src, scheduler)
+    if source.scheduler_class not in DDIM_COMPATIBLE:
         raise ArchitectureError(
-            f"{sched_from}: scheduler {sched_cls!r} is not a DDIM-compatible config "
-            f"(accepted: {', '.join(c for c in DDIM_COMPATIBLE if c)}); consistency models "
-            "convert with converters.consistency"
+            f"{source.scheduler_source}: scheduler {source.scheduler_class!r} is not a "
+            f"DDIM-compatible config (accepted: {', '.join(c for c in DDIM_COMPATIBLE if c)}); "
+            "consistency models convert with converters.consistency"
         )
     try:
-        sched_cfg, ignored = diffusion.DDIMSchedulerConfig.from_dict(sched_raw)
+        sched_cfg, ignored = diffusion.DDIMSchedulerConfig.from_dict(source.scheduler)
         cfg = diffusion.DDIMConfig(
-            unet=unet_cfg,
+            unet=source.config,
             scheduler=sched_cfg,
             num_inference_steps=int(num_inference_steps),
             class_label=None if class_label is None else int(class_label),
         )
         diffusion.ddim_schedule(sched_cfg, cfg.num_inference_steps)
-        diffusion.fixed_condition(unet_cfg, cfg.class_label)
+        diffusion.fixed_condition(source.config, cfg.class_label)
     except ValueError as exc:
         raise ConversionError(f"{src}: {exc}") from exc
-    variables = convert_unet_state_dict(state, unet_cfg, str(unet_dir / facts["weights_file"]))
-    files = [*facts.pop("files"), *sched_files]
-    summary = {
-        **facts,
-        "scheduler_class": sched_cls,
-        "scheduler_source": sched_from,
-        "ignored_scheduler_keys": ignored,
-        "num_inference_steps": cfg.num_inference_steps,
-        "image_shape": [*unet_cfg.image_hw, unet_cfg.out_channels] if unet_cfg.sample_size else None,
-    }
-    return Converted(
-        architecture="unet-ddim",
-        config=cfg.to_dict(),
-        variables=variables,
-        summary=summary,
-        sources={str(p): sha256_file(p) for p in files},
+    return unet_converted(
+        source,
+        "unet-ddim",
+        cfg.to_dict(),
+        {"ignored_scheduler_keys": ignored, "num_inference_steps": cfg.num_inference_steps},
     )
