@@ -6,9 +6,11 @@ Public API (imported lazily, so ``import converters.layout`` stays light)::
     detect_format(path) -> str                                         # "dcgan", "sd-vae", ...
     ConversionError                                                    # base of every refusal
 
-Layout: ``layout`` (tensor layout rules), ``readers`` (safe file reading), ``base`` (the
-``Converted`` result), ``errors``, ``api`` (detection, dispatch table, writing), and one module
-per source format (``dcgan``, ``sd_vae``, ``diffusers_unet``, ``consistency``).
+Layout: ``layout`` (tensor layout rules), ``readers`` (safe file reading, the finite-value
+check), ``keymap`` (key-map rules and the layer/block tables of the diffusers converters),
+``base`` (the ``Converted`` result), ``errors``, ``formats`` (the format names, torch-free),
+``api`` (detection, dispatch table, writing), and one module per source format (``dcgan``,
+``sd_vae``, ``diffusers_unet``, ``consistency``).
 """
 
 from __future__ import annotations

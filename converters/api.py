@@ -31,21 +31,25 @@ from converters.errors import (
     UnknownFormatError,
     preview,
 )
+from converters.formats import FORMATS
 from converters.readers import sniff
 from ronan_jax.models.checkpoint import save_generator
 
-# format -> (module, function); the function is (src, **options) -> Converted.
-CONVERTERS: dict[str, tuple[str, str]] = {
+_ENTRY_POINTS = {
     "dcgan": ("converters.dcgan", "convert_dcgan"),
     "sd-vae": ("converters.sd_vae", "convert_sd_vae"),
     "diffusers-unet": ("converters.diffusers_unet", "convert_unet"),
     "consistency": ("converters.consistency", "convert_consistency"),
 }
+# format -> (module, function), for every format of FORMATS and in its order (a format without
+# an entry point fails here, at import); the function is (src, **options) -> Converted.
+CONVERTERS: dict[str, tuple[str, str]] = {fmt: _ENTRY_POINTS[fmt] for fmt in FORMATS}
 
 # diffusers ``config.json`` ``_class_name`` of a model folder -> format.
 MODEL_CLASSES = {"AutoencoderKL": "sd-vae", "UNet2DModel": "diffusers-unet"}
 # diffusers ``model_index.json`` ``_class_name`` of a pipeline folder -> format. Latent
-# diffusion pipelines are audited through their VAE decoder (SPEC: invert the decoder only).
+# diffusion pipelines are audited through their VAE decoder: the generator converted is the
+# decoder, its input the latent; the pipeline's UNet and text encoder are not converted.
 PIPELINE_CLASSES = {
     "ConsistencyModelPipeline": "consistency",
     "DDPMPipeline": "diffusers-unet",
@@ -63,26 +67,25 @@ def detect_format(path: str | Path) -> str:
     its bytes) is ``"dcgan"``, the one single-file family; a folder is recognised by its
     ``config.json`` (``_class_name`` AutoencoderKL: ``"sd-vae"``, UNet2DModel:
     ``"diffusers-unet"``) or pipeline ``model_index.json`` (:data:`PIPELINE_CLASSES`).
+
+    Anything else (a text or empty file, a pickle that is not a PyTorch checkpoint, a folder
+    without those files, an unreadable or malformed JSON file) raises a
+    :class:`ConversionError` that names the path.
     """
     path = Path(path)
     if path.is_dir():
-        config, index = path / "config.json", path / "model_index.json"
-        if config.is_file():
-            cls = _json(config).get("_class_name")
-            if cls in MODEL_CLASSES:
-                return MODEL_CLASSES[cls]
-            raise UnknownFormatError(
-                f"{path}: diffusers model class {cls!r} is not supported "
-                f"(supported: {', '.join(sorted(MODEL_CLASSES))})"
-            )
-        if index.is_file():
-            cls = _json(index).get("_class_name")
-            if cls in PIPELINE_CLASSES:
-                return PIPELINE_CLASSES[cls]
-            raise UnknownFormatError(
-                f"{path}: diffusers pipeline {cls!r} is not supported "
-                f"(supported: {', '.join(sorted(PIPELINE_CLASSES))})"
-            )
+        for name, classes, kind in (
+            ("config.json", MODEL_CLASSES, "model class"),
+            ("model_index.json", PIPELINE_CLASSES, "pipeline"),
+        ):
+            if (path / name).is_file():
+                cls = _json(path / name).get("_class_name")
+                if isinstance(cls, str) and cls in classes:
+                    return classes[cls]
+                raise UnknownFormatError(
+                    f"{path}: diffusers {kind} {cls!r} is not supported "
+                    f"(supported: {', '.join(sorted(classes))})"
+                )
         raise UnknownFormatError(f"{path}: a folder without config.json or model_index.json")
     if path.is_file():
         sniff(path)  # raises CorruptCheckpointError for anything but torch/safetensors bytes
@@ -165,7 +168,7 @@ def _check_options(func: Callable[..., Any], fmt: str, options: dict[str, Any]) 
 def _json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or UTF-8
         raise ConversionError(f"{path}: unreadable JSON ({exc})") from exc
     if not isinstance(data, dict):
         raise ConversionError(f"{path}: expected a JSON object")

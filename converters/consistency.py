@@ -14,13 +14,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from converters.base import Converted, sha256_file
-from converters.diffusers_unet import (
-    convert_unet_state_dict,
-    pipeline_parts,
-    read_scheduler_config,
-    read_unet_folder,
-)
+from converters.base import Converted
+from converters.diffusers_unet import read_unet_source, unet_converted
 from converters.errors import ArchitectureError, ConversionError
 from ronan_jax.models import diffusion
 
@@ -51,42 +46,31 @@ def convert_consistency(
         noise_seed: seed of the fixed noise injected between steps (multistep only).
     """
     src = Path(src)
-    unet_dir, pipe_sched = pipeline_parts(src)
-    unet_cfg, _, state, facts = read_unet_folder(unet_dir)
-    sched_raw, sched_from, sched_files = read_scheduler_config(scheduler, pipe_sched)
-    sched_cls = sched_raw.get("_class_name")
-    if sched_cls not in (None, SCHEDULER_CLASS):
+    source = read_unet_source(src, scheduler)
+    if source.scheduler_class not in (None, SCHEDULER_CLASS):
         raise ArchitectureError(
-            f"{sched_from}: scheduler {sched_cls!r} is not a {SCHEDULER_CLASS} config; "
-            "DDPM/DDIM models convert with converters.diffusers_unet"
+            f"{source.scheduler_source}: scheduler {source.scheduler_class!r} is not a "
+            f"{SCHEDULER_CLASS} config; DDPM/DDIM models convert with converters.diffusers_unet"
         )
     try:
         cfg = diffusion.ConsistencyConfig(
-            unet=unet_cfg,
-            scheduler=diffusion.CMSchedulerConfig.from_dict(sched_raw),
+            unet=source.config,
+            scheduler=diffusion.CMSchedulerConfig.from_dict(source.scheduler),
             timesteps=None if timesteps is None else tuple(int(t) for t in timesteps),
             num_inference_steps=int(num_inference_steps),
             class_label=None if class_label is None else int(class_label),
             noise_seed=int(noise_seed),
         )
         schedule = cfg.schedule
-        diffusion.fixed_condition(unet_cfg, cfg.class_label)
+        diffusion.fixed_condition(source.config, cfg.class_label)
     except (TypeError, ValueError) as exc:
         raise ConversionError(f"{src}: {exc}") from exc
-    variables = convert_unet_state_dict(state, unet_cfg, str(unet_dir / facts["weights_file"]))
-    files = [*facts.pop("files"), *sched_files]
-    summary = {
-        **facts,
-        "scheduler_class": sched_cls,
-        "scheduler_source": sched_from,
-        "sigmas": [float(s) for s in schedule.sigmas],
-        "model_timesteps": [float(t) for t in schedule.timesteps],
-        "image_shape": [*unet_cfg.image_hw, unet_cfg.out_channels] if unet_cfg.sample_size else None,
-    }
-    return Converted(
-        architecture="consistency",
-        config=cfg.to_dict(),
-        variables=variables,
-        summary=summary,
-        sources={str(p): sha256_file(p) for p in files},
+    return unet_converted(
+        source,
+        "consistency",
+        cfg.to_dict(),
+        {
+            "sigmas": [float(s) for s in schedule.sigmas],
+            "model_timesteps": [float(t) for t in schedule.timesteps],
+        },
     )

@@ -43,7 +43,13 @@ import numpy as np
 from converters import layout
 from converters.base import Converted, abstract_template, fill_template, flax_key, sha256_file
 from converters.errors import ArchitectureError, ConversionError, preview
-from converters.readers import TensorTable, find_state_dict, load_checkpoint, strip_prefixes
+from converters.readers import (
+    TensorTable,
+    find_state_dict,
+    load_checkpoint,
+    require_finite,
+    strip_prefixes,
+)
 from ronan_jax.models import dcgan
 from ronan_jax.models.dcgan import class_conditioned  # re-exported: see its docstring
 
@@ -390,18 +396,20 @@ def _variables(
         if m.kind == "convt":
             conv_i += 1
             values[flax_key("params", f"convt_{conv_i}", "kernel")] = layout.conv_transpose2d(
-                _finite(table.take(m.keys["weight"]), m.keys["weight"], source)
+                _take(table, m.keys["weight"], source)
             )
             continue
         k = m.keys
-        affine = layout.norm(table.take(k["weight"]), table.take(k["bias"]))
-        stats = layout.batchnorm_stats(table.take(k["running_mean"]), table.take(k["running_var"]))
+        affine = layout.norm(_take(table, k["weight"], source), _take(table, k["bias"], source))
+        stats = layout.batchnorm_stats(
+            _take(table, k["running_mean"], source), _take(table, k["running_var"], source)
+        )
         table.ignore(k.get("num_batches_tracked", ""))
         name = f"bn_{conv_i}"
         for leaf, arr in affine.items():
-            values[flax_key("params", name, leaf)] = _finite(arr, f"{k['weight']}", source)
+            values[flax_key("params", name, leaf)] = arr
         for leaf, arr in stats.items():
-            values[flax_key("batch_stats", name, leaf)] = _finite(arr, k["running_mean"], source)
+            values[flax_key("batch_stats", name, leaf)] = arr
         if np.any(stats["var"] < 0):
             raise ArchitectureError(f"{source}: {k['running_var']} has negative variances")
     table.finish()
@@ -409,10 +417,11 @@ def _variables(
     return fill_template(template, values, source)
 
 
-def _finite(arr: np.ndarray, key: str, source: str) -> np.ndarray:
-    if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
-        raise ConversionError(f"{source}: tensor {key} holds NaN or infinite values")
-    return arr
+def _take(table: TensorTable, key: str, source: str) -> np.ndarray:
+    """The tensor under ``key`` (present: :func:`_classify` found it), refused if non-finite."""
+    tensor = table.take(key)
+    assert tensor is not None, key
+    return require_finite(tensor, key, source)
 
 
 def _check_forward(config: dcgan.DCGANConfig, variables: Any, source: str) -> None:

@@ -15,10 +15,10 @@ or a dict; default: the pipeline's, else ``DDIMScheduler``'s defaults) is read a
 eta = 0 DDIM does not use are recorded in the summary.
 
 Weights are mapped by an explicit key-map table (:func:`unet_key_map`): one row per tensor,
-built from per-layer tables (:data:`RESNET`, :data:`ATTENTION`, ...) placed by the same
-channel plan the Flax module uses (``unet2d.down_block_specs``/``up_block_specs``). Every
-missing and every unused key is listed in one :class:`KeyMismatchError`; shapes are then
-checked against a freshly initialised Flax tree. Old checkpoints' attention names
+built from the layer and block tables of :mod:`converters.keymap` (``RESNET``, ``ATTENTION``,
+...) placed by the same channel plan the Flax module uses
+(``unet2d.down_block_specs``/``up_block_specs``). Every missing and every unused key is listed
+in one :class:`KeyMismatchError`; shapes are then checked against a freshly initialised Flax tree. Old checkpoints' attention names
 (``query``/``key``/``value``/``proj_attn``, which diffusers renames on load) are accepted.
 """
 
@@ -26,139 +26,83 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
-from converters import layout
-from converters.base import Converted, fill_template, flax_key, sha256_file
+from converters.base import Converted, fill_template, sha256_file
 from converters.errors import ArchitectureError, ConversionError, preview
+from converters.keymap import (
+    CONV,
+    EMBED,
+    FOURIER,
+    LINEAR,
+    NORM,
+    KeyRule,
+    attention_rules,
+    layer_rules,
+    map_tensors,
+    resnet_rules,
+)
 from converters.readers import TensorTable, load_state_dict
 from ronan_jax.models import diffusion, unet2d
 from ronan_jax.models.unet2d import UNet2DConfig
 
 __all__ = [
-    "ATTENTION",
-    "RESNET",
-    "KeyRule",
+    "UNetSource",
     "convert_unet",
     "convert_unet_state_dict",
     "pipeline_parts",
     "read_scheduler_config",
     "read_unet_folder",
+    "read_unet_source",
+    "unet_converted",
     "unet_key_map",
 ]
 
-Rule = Callable[[np.ndarray], np.ndarray]
 
-
-def _same(x: np.ndarray) -> np.ndarray:
-    return np.asarray(x)
-
-
-# Per-layer tables: (torch parameter name, Flax leaf name, layout rule).
-CONV: tuple[tuple[str, str, Rule], ...] = (("weight", "kernel", layout.conv2d), ("bias", "bias", _same))
-LINEAR: tuple[tuple[str, str, Rule], ...] = (("weight", "kernel", layout.linear), ("bias", "bias", _same))
-NORM: tuple[tuple[str, str, Rule], ...] = (("weight", "scale", _same), ("bias", "bias", _same))
-EMBED: tuple[tuple[str, str, Rule], ...] = (("weight", "embedding", _same),)
-FOURIER: tuple[tuple[str, str, Rule], ...] = (("weight", "weight", _same),)
-
-# Sub-modules of one ResnetBlock2D (conv_shortcut only when its channels change).
-RESNET = (("norm1", NORM), ("conv1", CONV), ("time_emb_proj", LINEAR), ("norm2", NORM), ("conv2", CONV))
-# Sub-modules of one attention block: (name, table, legacy name before diffusers 0.15).
-ATTENTION = (
-    ("to_q", LINEAR, "query"),
-    ("to_k", LINEAR, "key"),
-    ("to_v", LINEAR, "value"),
-    ("to_out.0", LINEAR, "proj_attn"),
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class KeyRule:
-    """One row of the key map: a diffusers state-dict key, where it goes in the Flax
-    variables, how its layout changes, and older names of the same tensor."""
-
-    torch_key: str
-    flax_path: tuple[str, ...]
-    rule: Rule
-    aliases: tuple[str, ...] = ()
-
-
-def flax_module_path(torch_module: str) -> tuple[str, ...]:
-    """``down_blocks.0.resnets.1`` -> ``("down_blocks_0", "resnets_1")``: list indices join
-    their list's name, as ``unet2d`` names its sub-modules."""
-    parts: list[str] = []
-    for p in torch_module.split("."):
-        if p.isdigit():
-            parts[-1] = f"{parts[-1]}_{p}"
-        else:
-            parts.append(p)
-    return tuple(parts)
-
-
-def _layer(rows: list[KeyRule], module: str, table: Any, legacy: str | None = None) -> None:
-    """Rows of one layer; ``legacy`` is the module's older name (same parameter names)."""
-    path = ("params", *flax_module_path(module))
-    for torch_name, flax_name, rule in table:
-        aliases = () if legacy is None else (f"{legacy}.{torch_name}",)
-        rows.append(KeyRule(f"{module}.{torch_name}", (*path, flax_name), rule, aliases))
-
-
-def _attention_rows(rows: list[KeyRule], prefix: str, group_norm: bool) -> None:
-    if group_norm:
-        _layer(rows, f"{prefix}.group_norm", NORM)
-    for name, table, legacy in ATTENTION:
-        _layer(rows, f"{prefix}.{name}", table, legacy=f"{prefix}.{legacy}")
-
-
-def _resnet_rows(rows: list[KeyRule], prefix: str, channels: tuple[int, int]) -> None:
-    for name, table in RESNET:
-        _layer(rows, f"{prefix}.{name}", table)
-    if channels[0] != channels[1]:
-        _layer(rows, f"{prefix}.conv_shortcut", CONV)
-
-
-def _block_rows(rows: list[KeyRule], prefix: str, spec: unet2d.BlockSpec, kind: str) -> None:
+def _block_rules(prefix: str, spec: unet2d.BlockSpec, kind: str) -> list[KeyRule]:
+    rules: list[KeyRule] = []
     for j, channels in enumerate(spec.resnets):
-        _resnet_rows(rows, f"{prefix}.resnets.{j}", channels)
+        rules += resnet_rules(f"{prefix}.resnets.{j}", channels, time_embedding=True)
         if spec.attention:
-            _attention_rows(rows, f"{prefix}.attentions.{j}", group_norm=True)
+            rules += attention_rules(f"{prefix}.attentions.{j}", group_norm=True)
     sampler = f"{prefix}.{kind}samplers.0"
     if spec.sampler == "conv":
-        _layer(rows, f"{sampler}.conv", CONV)
+        rules += layer_rules(f"{sampler}.conv", CONV)
     elif spec.sampler == "resnet":
-        _resnet_rows(rows, sampler, (spec.out_channels, spec.out_channels))
+        channels = (spec.out_channels, spec.out_channels)
+        rules += resnet_rules(sampler, channels, time_embedding=True)
+    return rules
 
 
 def unet_key_map(config: UNet2DConfig) -> list[KeyRule]:
-    """Every tensor of a ``UNet2DModel`` with this config, one row each."""
-    rows: list[KeyRule] = []
-    _layer(rows, "conv_in", CONV)
+    """Every tensor of a ``UNet2DModel`` with this config, one rule each."""
+    rules = layer_rules("conv_in", CONV)
     if config.time_embedding_type == "fourier":
-        _layer(rows, "time_proj", FOURIER)
-    _layer(rows, "time_embedding.linear_1", LINEAR)
-    _layer(rows, "time_embedding.linear_2", LINEAR)
+        rules += layer_rules("time_proj", FOURIER)
+    rules += layer_rules("time_embedding.linear_1", LINEAR)
+    rules += layer_rules("time_embedding.linear_2", LINEAR)
     if config.num_class_embeds is not None:
-        _layer(rows, "class_embedding", EMBED)
+        rules += layer_rules("class_embedding", EMBED)
     for i, spec in enumerate(unet2d.down_block_specs(config)):
-        _block_rows(rows, f"down_blocks.{i}", spec, "down")
+        rules += _block_rules(f"down_blocks.{i}", spec, "down")
     for i, spec in enumerate(unet2d.up_block_specs(config)):
-        _block_rows(rows, f"up_blocks.{i}", spec, "up")
+        rules += _block_rules(f"up_blocks.{i}", spec, "up")
     if config.mid_block_type is not None:
         ch = config.block_out_channels[-1]
-        _resnet_rows(rows, "mid_block.resnets.0", (ch, ch))
+        rules += resnet_rules("mid_block.resnets.0", (ch, ch), time_embedding=True)
         if config.add_attention:
-            _attention_rows(
-                rows, "mid_block.attentions.0", group_norm=config.mid_attention_groups is not None
+            rules += attention_rules(
+                "mid_block.attentions.0", group_norm=config.mid_attention_groups is not None
             )
-        _resnet_rows(rows, "mid_block.resnets.1", (ch, ch))
-    _layer(rows, "conv_norm_out", NORM)
-    _layer(rows, "conv_out", CONV)
-    return rows
+        rules += resnet_rules("mid_block.resnets.1", (ch, ch), time_embedding=True)
+    rules += layer_rules("conv_norm_out", NORM)
+    rules += layer_rules("conv_out", CONV)
+    return rules
 
 
 def convert_unet_state_dict(
@@ -167,16 +111,9 @@ def convert_unet_state_dict(
     """Flax variables of ``unet2d.UNet2D(config)`` from a diffusers state dict (NumPy).
 
     Raises ``KeyMismatchError`` listing missing/unused keys, ``ArchitectureError`` for
-    shapes that do not fit or non-finite tensors."""
+    shapes that do not fit, and its ``NonFiniteTensorError`` for NaN or infinite tensors."""
     table = TensorTable(state, source)
-    values: dict[str, np.ndarray] = {}
-    for row in unet_key_map(config):
-        tensor = table.take(row.torch_key, *row.aliases)
-        if tensor is None:
-            continue
-        if np.issubdtype(tensor.dtype, np.floating) and not np.all(np.isfinite(tensor)):
-            raise ArchitectureError(f"{source}: tensor {row.torch_key} has NaN or inf values")
-        values[flax_key(*row.flax_path)] = row.rule(tensor)
+    values = map_tensors(table, unet_key_map(config), source)
     table.finish()
     shapes = jax.eval_shape(lambda: unet2d.init_variables(config, jax.random.key(0)))
     template = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)
@@ -261,6 +198,61 @@ def read_scheduler_config(
     return {}, "defaults", []
 
 
+@dataclasses.dataclass(frozen=True)
+class UNetSource:
+    """A UNet or pipeline folder read for conversion, and the scheduler config to go with it
+    (what :func:`convert_unet` and ``converters.consistency`` both start from)."""
+
+    unet_dir: Path
+    config: UNet2DConfig
+    state: dict[str, np.ndarray]
+    facts: dict[str, Any]  # class_name, diffusers_version, weights_file, weights_dtypes
+    files: list[Path]  # every file read, the weights first (the card's source SHA-256)
+    scheduler: dict[str, Any]
+    scheduler_source: str
+
+    @property
+    def scheduler_class(self) -> str | None:
+        """The scheduler config's ``_class_name`` (None when it names none)."""
+        return self.scheduler.get("_class_name")
+
+
+def read_unet_source(
+    src: str | Path, scheduler: str | Path | Mapping[str, Any] | None
+) -> UNetSource:
+    """The UNet of a UNet or pipeline folder and its scheduler config (``scheduler``, else
+    the pipeline's, else none: the caller's defaults); nothing is converted yet."""
+    unet_dir, pipe_sched = pipeline_parts(Path(src))
+    config, _, state, facts = read_unet_folder(unet_dir)
+    sched_raw, sched_from, sched_files = read_scheduler_config(scheduler, pipe_sched)
+    files = [*facts.pop("files"), *sched_files]
+    return UNetSource(unet_dir, config, state, facts, files, sched_raw, sched_from)
+
+
+def unet_converted(
+    source: UNetSource, architecture: str, config: dict[str, Any], summary: dict[str, Any]
+) -> Converted:
+    """The :class:`Converted` generator ``architecture`` around ``source``'s UNet: its
+    variables, and a summary of the folder's facts, the scheduler, ``summary`` and the image
+    shape."""
+    unet = source.config
+    weights = str(source.unet_dir / source.facts["weights_file"])
+    variables = convert_unet_state_dict(source.state, unet, weights)
+    return Converted(
+        architecture=architecture,
+        config=config,
+        variables=variables,
+        summary={
+            **source.facts,
+            "scheduler_class": source.scheduler_class,
+            "scheduler_source": source.scheduler_source,
+            **summary,
+            "image_shape": [*unet.image_hw, unet.out_channels] if unet.sample_size else None,
+        },
+        sources={str(p): sha256_file(p) for p in source.files},
+    )
+
+
 DDIM_COMPATIBLE = (None, "DDIMScheduler", "DDPMScheduler", "PNDMScheduler")
 
 
@@ -282,42 +274,28 @@ def convert_unet(
         class_label: fixed class of a class-conditional UNet (``num_class_embeds``).
     """
     src = Path(src)
-    unet_dir, pipe_sched = pipeline_parts(src)
-    unet_cfg, _, state, facts = read_unet_folder(unet_dir)
-    sched_raw, sched_from, sched_files = read_scheduler_config(scheduler, pipe_sched)
-    sched_cls = sched_raw.get("_class_name")
-    if sched_cls not in DDIM_COMPATIBLE:
+    source = read_unet_source(src, scheduler)
+    if source.scheduler_class not in DDIM_COMPATIBLE:
         raise ArchitectureError(
-            f"{sched_from}: scheduler {sched_cls!r} is not a DDIM-compatible config "
-            f"(accepted: {', '.join(c for c in DDIM_COMPATIBLE if c)}); consistency models "
-            "convert with converters.consistency"
+            f"{source.scheduler_source}: scheduler {source.scheduler_class!r} is not a "
+            f"DDIM-compatible config (accepted: {', '.join(c for c in DDIM_COMPATIBLE if c)}); "
+            "consistency models convert with converters.consistency"
         )
     try:
-        sched_cfg, ignored = diffusion.DDIMSchedulerConfig.from_dict(sched_raw)
+        sched_cfg, ignored = diffusion.DDIMSchedulerConfig.from_dict(source.scheduler)
         cfg = diffusion.DDIMConfig(
-            unet=unet_cfg,
+            unet=source.config,
             scheduler=sched_cfg,
             num_inference_steps=int(num_inference_steps),
             class_label=None if class_label is None else int(class_label),
         )
         diffusion.ddim_schedule(sched_cfg, cfg.num_inference_steps)
-        diffusion.fixed_condition(unet_cfg, cfg.class_label)
+        diffusion.fixed_condition(source.config, cfg.class_label)
     except ValueError as exc:
         raise ConversionError(f"{src}: {exc}") from exc
-    variables = convert_unet_state_dict(state, unet_cfg, str(unet_dir / facts["weights_file"]))
-    files = [*facts.pop("files"), *sched_files]
-    summary = {
-        **facts,
-        "scheduler_class": sched_cls,
-        "scheduler_source": sched_from,
-        "ignored_scheduler_keys": ignored,
-        "num_inference_steps": cfg.num_inference_steps,
-        "image_shape": [*unet_cfg.image_hw, unet_cfg.out_channels] if unet_cfg.sample_size else None,
-    }
-    return Converted(
-        architecture="unet-ddim",
-        config=cfg.to_dict(),
-        variables=variables,
-        summary=summary,
-        sources={str(p): sha256_file(p) for p in files},
+    return unet_converted(
+        source,
+        "unet-ddim",
+        cfg.to_dict(),
+        {"ignored_scheduler_keys": ignored, "num_inference_steps": cfg.num_inference_steps},
     )

@@ -32,6 +32,13 @@ class ArchitectureError(ConversionError):
     """The tensors do not describe an architecture this converter supports."""
 
 
+class NonFiniteTensorError(ArchitectureError):
+    """A floating tensor holds NaN or infinite values (a diverged or damaged checkpoint).
+
+    An :class:`ArchitectureError`, as the UNet converter has always raised for it, so code
+    catching either that or :class:`ConversionError` keeps working for every converter."""
+
+
 class UnknownFormatError(ConversionError):
     """The source is not a format any converter recognises."""
 

@@ -30,6 +30,7 @@ from converters.errors import (
     ConversionError,
     CorruptCheckpointError,
     KeyMismatchError,
+    NonFiniteTensorError,
     UnsafeCheckpointError,
     preview,
 )
@@ -45,9 +46,12 @@ def sniff(path: str | Path) -> str:
         raise ConversionError(f"{path}: is a folder; expected a checkpoint file")
     if not path.is_file():
         raise ConversionError(f"{path}: no such file")
-    size = path.stat().st_size
-    with path.open("rb") as fh:
-        head = fh.read(9)
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            head = fh.read(9)
+    except OSError as exc:  # permissions, I/O errors, a file removed meanwhile
+        raise ConversionError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
     if head.startswith(_ZIP_MAGIC):
         return "torch-zip"
     if head[:1] == b"\x80":  # pickle protocol opcode: torch.save's legacy format
@@ -277,6 +281,15 @@ def strip_prefixes(
             raise ConversionError(f"key {k!r} appears twice after removing prefixes {prefixes}")
         out[k] = v
     return out
+
+
+def require_finite(tensor: np.ndarray, key: str, source: str) -> np.ndarray:
+    """``tensor`` itself when it holds no NaN or infinity (integer and boolean tensors always
+    pass); otherwise :class:`NonFiniteTensorError` naming ``key``. Converters refuse such
+    weights rather than write a generator whose every output would be NaN."""
+    if np.issubdtype(tensor.dtype, np.floating) and not np.all(np.isfinite(tensor)):
+        raise NonFiniteTensorError(f"{source}: tensor {key} holds NaN or infinite values")
+    return tensor
 
 
 class TensorTable:

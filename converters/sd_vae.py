@@ -5,7 +5,8 @@ Reads a ``save_pretrained`` folder: ``config.json`` plus ``diffusion_pytorch_mod
 ``model_index.json`` is read through its ``vae/`` subfolder (latent diffusion is audited
 through its decoder). The architecture comes from ``config.json``, with diffusers' defaults for
 absent fields; the tensors are mapped by :func:`vae_key_map`, an explicit table built from the
-config, and every one is checked against a fresh Flax template. Attention weights saved under
+config with the layer and block tables of :mod:`converters.keymap`, and every one is checked
+against a fresh Flax template. Attention weights saved under
 diffusers' deprecated names (``query``/``key``/``value``/``proj_attn``, possibly as 1x1
 convolutions) are accepted as aliases.
 """
@@ -21,13 +22,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from converters import layout
-from converters.base import Converted, fill_template, flax_key, sha256_file
+from converters.base import Converted, fill_template, sha256_file
 from converters.errors import ArchitectureError, ConversionError, preview
+from converters.keymap import (
+    CONV,
+    NORM,
+    KeyRule,
+    Leaves,
+    attention_rules,
+    layer_rules,
+    map_tensors,
+    resnet_rules,
+)
 from converters.readers import TensorTable, load_state_dict
 from ronan_jax.models import sd_vae
 
-__all__ = ["KeyRow", "convert_sd_vae", "convert_sd_vae_state_dict", "sd_vae_config", "vae_key_map"]
+__all__ = ["convert_sd_vae", "convert_sd_vae_state_dict", "sd_vae_config", "vae_key_map"]
 
 WEIGHT_FILES = (
     "diffusion_pytorch_model.safetensors",
@@ -60,91 +70,53 @@ CONFIG_FIELDS = (
 _CHECKED_FIELDS = ("_class_name", "down_block_types", "up_block_types", "sample_size")
 _IRRELEVANT_FIELDS = ("_diffusers_version", "_name_or_path", "force_upcast")
 
-# Layer kinds: how a PyTorch module's parameters become Flax leaves.
-_LEAVES = {
-    "conv": {"weight": ("kernel", layout.conv2d), "bias": ("bias", np.asarray)},
-    "norm": {"weight": ("scale", np.asarray), "bias": ("bias", np.asarray)},
-    "linear": {"weight": ("kernel", layout.linear), "bias": ("bias", np.asarray)},
-}
+def vae_key_map(config: sd_vae.SDVAEConfig) -> list[KeyRule]:
+    """Every tensor of ``AutoencoderKL(config)``, one rule each, in state-dict order."""
+    rules: list[KeyRule] = []
 
-
-@dataclasses.dataclass(frozen=True)
-class KeyRow:
-    """One PyTorch module of the VAE: its key prefix, its Flax module path under ``params``,
-    its kind (``conv``/``norm``/``linear``) and deprecated prefixes it may be saved under."""
-
-    torch: str
-    flax: tuple[str, ...]
-    kind: str
-    legacy: tuple[str, ...] = ()
-
-
-def flax_path(torch_module: str) -> tuple[str, ...]:
-    """``decoder.up_blocks.0.resnets.1.norm1`` -> ``(decoder, up_blocks_0, resnets_1, norm1)``:
-    a numeric component joins the name before it (linen's names for module lists)."""
-    out: list[str] = []
-    for part in torch_module.split("."):
-        if part.isdigit() and out:
-            out[-1] = f"{out[-1]}_{part}"
-        else:
-            out.append(part)
-    return tuple(out)
-
-
-def vae_key_map(config: sd_vae.SDVAEConfig) -> list[KeyRow]:
-    """Every PyTorch module of ``AutoencoderKL(config)`` with its Flax path and kind."""
-    rows: list[KeyRow] = []
-
-    def add(torch: str, kind: str, legacy: tuple[str, ...] = ()) -> None:
-        rows.append(KeyRow(torch, flax_path(torch), kind, legacy))
+    def add(module: str, leaves: Leaves) -> None:
+        rules.extend(layer_rules(module, leaves))
 
     def resnet(prefix: str, cin: int, cout: int) -> None:
-        for name, kind in (("norm1", "norm"), ("conv1", "conv"), ("norm2", "norm"), ("conv2", "conv")):
-            add(f"{prefix}.{name}", kind)
-        if cin != cout:
-            add(f"{prefix}.conv_shortcut", "conv")
+        rules.extend(resnet_rules(prefix, (cin, cout), time_embedding=False))
 
     def mid(prefix: str, c: int) -> None:
         resnet(f"{prefix}.resnets.0", c, c)
         if config.mid_block_add_attention:
-            a = f"{prefix}.attentions.0"
-            add(f"{a}.group_norm", "norm")
-            for new, old in (("to_q", "query"), ("to_k", "key"), ("to_v", "value")):
-                add(f"{a}.{new}", "linear", (f"{a}.{old}",))
-            add(f"{a}.to_out.0", "linear", (f"{a}.proj_attn",))
+            rules.extend(attention_rules(f"{prefix}.attentions.0", group_norm=True))
         resnet(f"{prefix}.resnets.1", c, c)
 
     chans = config.block_out_channels
     last = len(chans) - 1
     # decoder
-    add("decoder.conv_in", "conv")
+    add("decoder.conv_in", CONV)
     mid("decoder.mid_block", chans[-1])
     prev = chans[-1]
     for i, ch in enumerate(reversed(chans)):
         for j in range(config.layers_per_block + 1):
             resnet(f"decoder.up_blocks.{i}.resnets.{j}", prev if j == 0 else ch, ch)
         if i < last:
-            add(f"decoder.up_blocks.{i}.upsamplers.0.conv", "conv")
+            add(f"decoder.up_blocks.{i}.upsamplers.0.conv", CONV)
         prev = ch
-    add("decoder.conv_norm_out", "norm")
-    add("decoder.conv_out", "conv")
+    add("decoder.conv_norm_out", NORM)
+    add("decoder.conv_out", CONV)
     if config.use_post_quant_conv:
-        add("post_quant_conv", "conv")
+        add("post_quant_conv", CONV)
     if config.include_encoder:
-        add("encoder.conv_in", "conv")
+        add("encoder.conv_in", CONV)
         prev = chans[0]
         for i, ch in enumerate(chans):
             for j in range(config.layers_per_block):
                 resnet(f"encoder.down_blocks.{i}.resnets.{j}", prev if j == 0 else ch, ch)
             if i < last:
-                add(f"encoder.down_blocks.{i}.downsamplers.0.conv", "conv")
+                add(f"encoder.down_blocks.{i}.downsamplers.0.conv", CONV)
             prev = ch
         mid("encoder.mid_block", chans[-1])
-        add("encoder.conv_norm_out", "norm")
-        add("encoder.conv_out", "conv")
+        add("encoder.conv_norm_out", NORM)
+        add("encoder.conv_out", CONV)
         if config.use_quant_conv:
-            add("quant_conv", "conv")
-    return rows
+            add("quant_conv", CONV)
+    return rules
 
 
 def sd_vae_config(
@@ -192,20 +164,12 @@ def convert_sd_vae_state_dict(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Flax variables for ``config`` from a diffusers state dict, and facts about the keys."""
     table = TensorTable(state, source)
-    values: dict[str, np.ndarray] = {}
-    legacy_used = False
-    for row in vae_key_map(config):
-        for leaf, (flax_leaf, rule) in _LEAVES[row.kind].items():
-            arr = table.take(f"{row.torch}.{leaf}", *(f"{p}.{leaf}" for p in row.legacy))
-            if arr is None:
-                continue
-            legacy_used |= f"{row.torch}.{leaf}" not in state
-            if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
-                raise ConversionError(f"{source}: tensor {row.torch}.{leaf} holds NaN or infinite values")
-            try:
-                values[flax_key("params", *row.flax, flax_leaf)] = rule(arr)
-            except ValueError as exc:
-                raise ArchitectureError(f"{source}: {row.torch}.{leaf}: {exc}") from exc
+    rules = vae_key_map(config)
+    values = map_tensors(table, rules, source)
+    # Found under a pre-0.15 attention name only (the rule's own key is absent).
+    legacy_used = any(
+        r.torch_key not in state and any(a in state for a in r.aliases) for r in rules
+    )
     excluded = []
     if not config.include_encoder:
         excluded = [k for k in state if k.startswith(("encoder.", "quant_conv."))]

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +22,7 @@ from converters.errors import (
     FormatNotAvailableError,
     UnknownFormatError,
 )
+from converters.formats import FORMATS
 from ronan_jax.models.checkpoint import load_generator, read_card
 
 torch.set_num_threads(1)
@@ -52,6 +57,98 @@ def test_detect_format(tmp_path):
         detect_format(tmp_path / "notes.txt")
     with pytest.raises(ConversionError, match="no such file"):
         detect_format(tmp_path / "missing.pth")
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("notes.txt", b"hello, not a checkpoint"),
+        ("empty.pth", b""),
+        ("state.pkl", pickle.dumps({"main.0.weight": [0.5]}, protocol=0)),
+    ],
+    ids=["text_file", "empty_file", "protocol_0_pickle"],
+)
+def test_detect_format_refuses_unrecognised_bytes(tmp_path, name, data):
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(ConversionError) as info:
+        detect_format(path)
+    assert info.type is CorruptCheckpointError
+    assert str(info.value) == (
+        f"{path}: not a PyTorch (zip or legacy) or safetensors checkpoint "
+        f"({len(data)} bytes, starts with {data[:8]!r})"
+    )
+
+
+def test_detect_format_refuses_a_folder_without_recognisable_files(tmp_path):
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    torch.save({"main.0.weight": torch.zeros(2, 2, 4, 4)}, folder / "netG.pth")
+    (folder / "README.md").write_text("a generator")
+    (folder / "config.json").mkdir()  # a folder of that name is no config file
+    with pytest.raises(ConversionError) as info:
+        detect_format(folder)
+    assert info.type is UnknownFormatError
+    assert str(info.value) == f"{folder}: a folder without config.json or model_index.json"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"{not json", b"\xff\xfe\x00garbage", b"[" * 100_000 + b"]" * 100_000, b"[1, 2]"],
+    ids=["invalid_json", "invalid_utf8", "nested_too_deep", "not_an_object"],
+)
+@pytest.mark.parametrize("name", ["config.json", "model_index.json"])
+def test_detect_format_refuses_a_malformed_json_file(tmp_path, name, content):
+    path = tmp_path / "model" / name
+    path.parent.mkdir()
+    path.write_bytes(content)
+    with pytest.raises(ConversionError) as info:
+        detect_format(path.parent)
+    assert info.type is ConversionError
+    assert str(info.value).startswith(f"{path}: ")
+    assert "unreadable JSON" in str(info.value) or "expected a JSON object" in str(info.value)
+
+
+@pytest.mark.parametrize("cls", [["AutoencoderKL"], {"name": "UNet2DModel"}, 7, None])
+@pytest.mark.parametrize(("name", "kind"), [("config.json", "model class"), ("model_index.json", "pipeline")])
+def test_detect_format_refuses_a_class_name_that_is_not_a_known_string(tmp_path, cls, name, kind):
+    folder = tmp_path / "model"
+    _folder(folder, name, {"_class_name": cls})
+    with pytest.raises(ConversionError) as info:
+        detect_format(folder)
+    assert info.type is UnknownFormatError
+    assert str(info.value).startswith(f"{folder}: diffusers {kind} {cls!r} is not supported")
+
+
+def test_detect_format_refuses_an_unreadable_file(tmp_path, monkeypatch):
+    path = tmp_path / "netG.pth"
+    torch.save({"main.0.weight": torch.zeros(2, 2, 4, 4)}, path)
+
+    def denied(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "open", denied)
+    with pytest.raises(ConversionError) as info:
+        detect_format(path)
+    assert info.type is ConversionError
+    assert str(info.value) == f"{path}: cannot be read (Permission denied)"
+
+
+def test_formats_constant_is_the_dispatch_table_and_needs_no_heavy_imports():
+    assert FORMATS == ("dcgan", "sd-vae", "diffusers-unet", "consistency")
+    assert tuple(api.CONVERTERS) == FORMATS
+    assert set(api.MODEL_CLASSES.values()) | set(api.PIPELINE_CLASSES.values()) <= set(FORMATS)
+    root = Path(api.__file__).resolve().parents[1]
+    probe = (
+        "import sys; from converters.formats import FORMATS; "
+        "print(','.join(FORMATS)); "
+        "print(','.join(m for m in ('torch', 'jax', 'numpy', 'flax') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=root, env={"PYTHONPATH": str(root)},
+        capture_output=True, text=True, check=True,
+    ).stdout.splitlines()
+    assert out == [",".join(FORMATS), ""]
 
 
 def test_dispatch_table(monkeypatch):

@@ -21,6 +21,7 @@ from converters.errors import (
     ConversionError,
     CorruptCheckpointError,
     KeyMismatchError,
+    NonFiniteTensorError,
     UnsafeCheckpointError,
 )
 from ronan_jax.models.checkpoint import load_generator
@@ -428,3 +429,17 @@ def test_pickled_code_is_refused_and_not_run(tmp_path):
         convert_dcgan(tmp_path / "code.pth")
     msg = _one_line(info)
     assert "_Custom" in msg and "refused" in msg
+
+
+@pytest.mark.parametrize(
+    ("key", "bad"),
+    [("main.0.weight", np.nan), ("main.1.bias", np.inf), ("main.4.running_var", np.nan)],
+)
+def test_non_finite_tensor_is_refused_naming_it(tmp_path, key, bad):
+    sd = dict(make_torch_dcgan(depth=4).state_dict())
+    sd[key] = sd[key].clone()
+    sd[key].view(-1)[0] = bad
+    torch.save(sd, tmp_path / "g.pth")
+    with pytest.raises(NonFiniteTensorError) as info:
+        convert_dcgan(tmp_path / "g.pth")
+    assert _one_line(info) == f"{tmp_path / 'g.pth'}: tensor {key} holds NaN or infinite values"

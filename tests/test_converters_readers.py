@@ -17,6 +17,7 @@ from converters.errors import (
     ConversionError,
     CorruptCheckpointError,
     KeyMismatchError,
+    NonFiniteTensorError,
     UnsafeCheckpointError,
 )
 from converters.readers import (
@@ -24,6 +25,7 @@ from converters.readers import (
     find_state_dict,
     load_checkpoint,
     load_state_dict,
+    require_finite,
     sniff,
     strip_prefixes,
 )
@@ -196,4 +198,22 @@ def test_tensor_table_lists_missing_and_unused():
         table.finish()
     assert _one_line(info) == (
         "f.pth: state dict does not match the architecture: missing keys: gone; unused keys: extra"
+    )
+
+
+def test_require_finite_passes_finite_and_integer_tensors_through():
+    weights = np.linspace(-1, 1, 6, dtype=np.float16)
+    counts = np.array([0, 2**62], dtype=np.int64)
+    assert require_finite(weights, "w", "f.pth") is weights
+    assert require_finite(counts, "num_batches_tracked", "f.pth") is counts
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_require_finite_refuses_nan_and_infinity_naming_the_tensor(bad):
+    tensor = np.ones((2, 3), np.float32)
+    tensor[1, 2] = bad
+    with pytest.raises(NonFiniteTensorError) as info:
+        require_finite(tensor, "decoder.conv_in.weight", "vae/model.safetensors")
+    assert _one_line(info) == (
+        "vae/model.safetensors: tensor decoder.conv_in.weight holds NaN or infinite values"
     )

@@ -21,7 +21,11 @@ diffusers = pytest.importorskip("diffusers")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
 from converters.diffusers_unet import convert_unet, unet_key_map  # noqa: E402
-from converters.errors import ArchitectureError, KeyMismatchError  # noqa: E402
+from converters.errors import (  # noqa: E402
+    ArchitectureError,
+    KeyMismatchError,
+    NonFiniteTensorError,
+)
 from ronan_jax.models import diffusion, unet2d  # noqa: E402
 from ronan_jax.models.checkpoint import load_generator, save_generator  # noqa: E402
 
@@ -268,6 +272,23 @@ def test_wrong_shape_is_refused(saved, tmp_path):
 
     with pytest.raises(ArchitectureError, match="conv_out"):
         convert_unet(_rewrite(folder, tmp_path / "bad", edit))
+
+
+def test_non_finite_tensor_is_refused_naming_it(saved, tmp_path):
+    _, folder = saved["default"]
+    key = "down_blocks.1.attentions.0.to_v.weight"
+
+    def edit(sd):
+        sd[key] = sd[key].clone()
+        sd[key][0, 0] = float("-inf")
+        return sd
+
+    bad = _rewrite(folder, tmp_path / "bad", edit)
+    with pytest.raises(NonFiniteTensorError) as err:
+        convert_unet(bad)
+    weights = bad / "diffusion_pytorch_model.safetensors"
+    assert str(err.value) == f"{weights}: tensor {key} holds NaN or infinite values"
+    assert isinstance(err.value, ArchitectureError)  # the type this converter raised before
 
 
 def test_legacy_attention_names(saved, tmp_path):
