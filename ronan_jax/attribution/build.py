@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from ronan_jax.attribution.calibrate import calibrate, calibrated_losses
-from ronan_jax.attribution.profile import Profile, belonging_stats, quantize_8bit
+from ronan_jax.attribution.profile import Profile, belonging_stats, finite_or_none, quantize_8bit
 from ronan_jax.engine.config import InversionConfig
 from ronan_jax.engine.environment import library_versions
 from ronan_jax.engine.generator import Generator
@@ -91,9 +91,9 @@ def build_profile(
         sigma=sigma,
         alpha=alpha,
         seed=seed,
-        losses=[float(x) for x in loss],
-        ref_losses=None if ref_loss is None else [float(x) for x in ref_loss],
-        calibrated_losses=[float(x) for x in cal],
+        losses=finite_or_none(loss),
+        ref_losses=None if ref_loss is None else finite_or_none(ref_loss),
+        calibrated_losses=finite_or_none(cal),
         image_shape=list(model.output_shape),
         versions=library_versions(),
         created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,12 +20,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ronan_jax.attribution import grubbs
+from ronan_jax.attribution.profile_integrity import ProfileError, check_profile_data, digest
 from ronan_jax.engine.config import InversionConfig
 
 if TYPE_CHECKING:
     from ronan_jax.engine.generator import Generator
 
-PROFILE_FORMAT = 1
+PROFILE_FORMAT = 2
+"""Format 2 adds the ``digest`` and stores a diverged image's losses as ``null``
+(format 1 profiles still load, without the digest check)."""
 
 
 class ProfileMismatchError(ValueError):
@@ -49,15 +53,16 @@ class Profile:
     sigma: float
     alpha: float
     seed: int
-    losses: list[float]
-    ref_losses: list[float] | None
-    calibrated_losses: list[float]
+    losses: list[float | None]  # None: the image's inversion diverged
+    ref_losses: list[float | None] | None
+    calibrated_losses: list[float | None]
     image_shape: list[int]
     versions: dict[str, str]
     created: str
     format: int = PROFILE_FORMAT
     # Indices (into ``calibrated_losses``) left out of mu and sigma by ``trim_outliers``.
     trimmed: list[int] = dataclasses.field(default_factory=list)
+    digest: str = ""  # set by save(): SHA-256 of everything else (profile_integrity.digest)
 
     @property
     def critical_value(self) -> float:
@@ -71,26 +76,44 @@ class Profile:
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "critical_value": self.critical_value}
 
+    def sealed(self) -> Profile:
+        """This profile in the current format with its digest, refused
+        (:class:`ProfileError`) if its own loader would refuse it."""
+        data = {**dataclasses.asdict(self), "format": PROFILE_FORMAT, "digest": ""}
+        data["digest"] = digest(data)
+        check_profile_data(data, _recomputed_stats, PROFILE_FORMAT)
+        return dataclasses.replace(self, format=PROFILE_FORMAT, digest=data["digest"])
+
     def save(self, path: str | Path) -> Path:
+        """Write the sealed profile atomically (a failed write leaves the old file)."""
         path = Path(path)
+        text = json.dumps(self.sealed().to_dict(), indent=2, allow_nan=False) + "\n"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            tmp.write_text(text)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Profile:
-        if data.get("format") != PROFILE_FORMAT:
-            raise ValueError(f"unsupported profile format {data.get('format')!r}")
+    def from_dict(cls, data: Any) -> Profile:
+        """The profile ``data`` holds; :class:`ProfileError` unless it is intact."""
+        check_profile_data(data, _recomputed_stats, PROFILE_FORMAT)
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
     @classmethod
     def load(cls, path: str | Path) -> Profile:
         try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"cannot read profile {path}: {exc}") from exc
-        return cls.from_dict(data)
+            data = json.loads(Path(path).read_text(), parse_constant=_refuse_constant)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise ProfileError(f"cannot read profile {path}: {exc}") from exc
+        try:
+            return cls.from_dict(data)
+        except ProfileError as exc:
+            raise ProfileError(f"profile {path}: {exc}") from None
 
     @property
     def id(self) -> str:
@@ -101,6 +124,26 @@ class Profile:
             sort_keys=True,
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a loss (a diverged image is stored as null)")
+
+
+def _recomputed_stats(calibrated: np.ndarray, trimmed: list[int]) -> tuple[float, float, int]:
+    """mu, sigma and N of stored calibrated losses, leaving out ``trimmed`` (the rule of
+    :func:`belonging_stats`); raises ProfileError where no statistics exist."""
+    keep = np.isfinite(calibrated)
+    keep[trimmed] = False
+    if keep.sum() < 3:
+        raise ProfileError(f"only {int(keep.sum())} profile losses are finite and kept")
+    valid = calibrated[keep]
+    return float(np.mean(valid)), float(np.std(valid, ddof=1)), int(keep.sum())
+
+
+def finite_or_none(values: Sequence[float] | np.ndarray) -> list[float | None]:
+    """Losses as stored in a profile: floats, None where not finite (diverged)."""
+    return [float(v) if math.isfinite(v) else None for v in np.asarray(values, np.float64)]
 
 
 def config_from_profile(profile: Profile, **speed_settings: Any) -> InversionConfig:
