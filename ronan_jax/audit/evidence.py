@@ -15,12 +15,54 @@ from ronan_jax.attribution.attribute import Attribution
 
 
 def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    """Write atomically: a killed run never leaves a half-written evidence file."""
+    """Write atomically: a killed or failed write (a full disk) never leaves a half-written
+    evidence file, nor its temporary file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez_compressed(f, **arrays)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def sweep_orphans(folder: Path, referenced: set[str]) -> int:
+    """Remove what a killed run left in ``folder``: temporary files and evidence files no
+    stored row points to (``referenced``: the rows' evidence paths). Returns how many."""
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for path in folder.iterdir():
+        orphan = path.name.endswith(".tmp") or (path.suffix == ".npz" and str(path) not in referenced)
+        if orphan and path.is_file():
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+class EvidenceBatch:
+    """The evidence files of one batch: if the batch fails before its rows are stored, the
+    files it wrote are removed, so no evidence file is left that no row points to."""
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = folder
+        self.written: list[Path] = []
+
+    def save(self, sha: str, image: np.ndarray, att: Attribution, i: int) -> str | None:
+        """Keep image ``i``'s evidence (None when the batch keeps none)."""
+        if self.folder is None:
+            return None
+        existed = (self.folder / f"{sha}.npz").exists()  # kept by an earlier batch or run
+        path = save_evidence(self.folder, sha, image, att, i)
+        if not existed:
+            self.written.append(path)
+        return str(path)
+
+    def discard(self) -> None:
+        for path in self.written:
+            path.unlink(missing_ok=True)
+        self.written.clear()
 
 
 def save_evidence(folder: Path, sha: str, image: np.ndarray, att: Attribution, i: int) -> Path:

@@ -32,9 +32,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from ronan_jax.audit.config import AuditCounts, AuditSummary, ProgressFn
+from ronan_jax.audit.evidence import EvidenceBatch, sweep_orphans
 from ronan_jax.audit.plan import AuditPlan, check_matches_profile, run_config
 from ronan_jax.audit.resume import InputFilter, count_pending, resume_keys
-from ronan_jax.audit.rows import BatchOutcome, judge_batch
+from ronan_jax.audit.rows import BatchOutcome, ContentCache, judge_batch
 from ronan_jax.audit.shards import ProcessShard
 from ronan_jax.audit.sizing import BatchSizer, default_batch_size
 from ronan_jax.audit.sizing import plan as plan_batches
@@ -80,8 +81,13 @@ def run_audit(
     total = count_pending(inputs, done, shard) if count_total else None
     root = cfg.resolved_evidence_dir()
     folder = None if root is None else root / run.config_key[:16]
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)  # an unwritable folder fails before any work
+        if shard is None:  # shards may share an evidence folder: only a lone run owns it
+            sweep_orphans(folder, {r["evidence_path"] for r in store.iter_results(run.config_key)
+                                   if r.get("evidence_path")})
     skip = InputFilter(done, shard)
-    counts = AuditCounts()
+    counts, seen = AuditCounts(), ContentCache()
 
     def report() -> None:
         if progress is not None:
@@ -95,8 +101,13 @@ def run_audit(
                  workers=cfg.workers) as batcher:
         for index, batch in enumerate(batcher):
             calls, splits = sizer.calls, sizer.oom_splits
-            outcome = judge_batch(batch, plan, folder, sizer)
-            store.write_batch(run.config_key, outcome.rows, run_id=run.run_id)
+            evidence = EvidenceBatch(folder)
+            try:
+                outcome = judge_batch(batch, plan, evidence, sizer, seen)
+                store.write_batch(run.config_key, outcome.rows, run_id=run.run_id)
+            except BaseException:
+                evidence.discard()  # no evidence file without its row (the rerun redoes it)
+                raise
             store.write_telemetry(run.run_id, run.config_key,
                                   batch_telemetry(index, outcome, sizer, calls, splits))
             counts.add(outcome.rows, outcome.work)

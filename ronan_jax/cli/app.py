@@ -66,9 +66,25 @@ def _config_error_types() -> tuple[type[BaseException], ...]:
     from ronan_jax.models.checkpoint import CheckpointError
     from ronan_jax.models.resolver import ModelSpecError
     from ronan_jax.report.metadata import RunSelectionError
-    from ronan_jax.results.store import StoreError
 
-    return (ModelSpecError, CheckpointError, ProfileMismatchError, StoreError, RunSelectionError)
+    return (ModelSpecError, CheckpointError, ProfileMismatchError, RunSelectionError)
+
+
+class EnvironmentProblem(click.ClickException):
+    """A command that could not complete because of its environment (a full disk, a
+    read-only folder, a damaged database): exit 2 with a one-line reason, no usage text."""
+
+    exit_code = EXIT_USAGE
+
+
+def environment_problem(exc: BaseException) -> EnvironmentProblem:
+    """The one-line reason of an OS or SQLite failure, naming the file when known."""
+    if isinstance(exc, OSError):
+        where = f" {exc.filename}" if exc.filename else ""
+        reason = exc.strerror or str(exc)
+        return EnvironmentProblem(f"cannot complete: {reason}{':' if where else ''}{where}")
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return EnvironmentProblem(f"cannot complete: {first}")
 
 
 def usage_error(exc: BaseException) -> click.UsageError:
@@ -95,8 +111,16 @@ def handle_errors(fn: F) -> F:
         except click.ClickException:
             raise
         except Exception as exc:
+            import sqlite3
+
+            from ronan_jax.results.store import StoreError
+
             if isinstance(exc, (AuditPlanError, *_config_error_types())):
                 raise usage_error(exc) from exc
+            if isinstance(exc, StoreError):  # a database that cannot be used as asked
+                raise EnvironmentProblem(str(exc)) from exc
+            if isinstance(exc, (OSError, sqlite3.Error)):
+                raise environment_problem(exc) from exc
             raise
 
     return wrapper  # type: ignore[return-value]
