@@ -68,6 +68,9 @@ def build_profile(
         "n": n,
     }
     done = _read_resume(resume_path, ident)
+    if resume_path is not None:  # an unwritable place fails now, not after the inversions
+        Path(resume_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(resume_path).touch()
     for lo in range(0, n, chunk):
         hi = min(lo + chunk, n)
         if not all(i in done for i in range(lo, hi)):

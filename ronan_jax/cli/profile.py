@@ -81,6 +81,7 @@ def profile(
     # Every measured loss is kept beside the profile: a stopped build resumes, and a rerun
     # with other statistics (--alpha, --trim-outliers) inverts nothing.
     resume = out_path.with_suffix(".progress.jsonl")
+    out_path.parent.mkdir(parents=True, exist_ok=True)  # fails now, not after the inversions
     if not quiet:
         ref_name = "none (uncalibrated)" if ref is None else ref.name
         err.print(

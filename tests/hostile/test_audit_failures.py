@@ -153,3 +153,36 @@ def test_what_a_kill_during_evidence_writing_leaves_is_swept_by_the_rerun(
     assert comparable(final) == comparable(undisturbed)
     on_disk = {str(p) for p in keyed.iterdir()}
     assert on_disk == {r["evidence_path"] for r in final if r["evidence_path"]}
+
+
+def test_a_full_disk_when_the_profile_is_written_keeps_every_measured_loss(world, tmp_path, monkeypatch):
+    import pathlib
+
+    out = tmp_path / "p.json"
+    args = ["profile", "--model", world.model, "--reference", world.reference, "--samples", 4,
+            "--steps", 2, "--restarts", 1, "-o", out, "--quiet"]
+    real_write = pathlib.Path.write_text
+
+    def full(self, *a, **k):
+        if self.name.endswith(".tmp"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real_write(self, *a, **k)
+
+    monkeypatch.setattr(pathlib.Path, "write_text", full)
+    result = invoke(args)
+    assert result.exit_code == 2 and "No space left on device" in result.output
+    assert not out.exists() and not list(tmp_path.glob(".*.tmp"))
+    monkeypatch.setattr(pathlib.Path, "write_text", real_write)
+    import ronan_jax.attribution.build as build
+
+    monkeypatch.setattr(build, "calibrated_losses", lambda *a, **k: pytest.fail("inverted again"))
+    assert invoke(args).exit_code == 0 and out.is_file()  # the kept losses make the profile
+
+
+@pytest.mark.parametrize("content", [b"hello, I am text\n", b"(dp0\nS'a'\np1\nI1\ns.", b""])
+def test_convert_refuses_what_is_no_checkpoint_with_exit_2(tmp_path, content):
+    src = tmp_path / "x.pth"
+    src.write_bytes(content)
+    result = invoke(["convert", src, "-o", tmp_path / "out"])
+    assert result.exit_code == 2, result.output
+    assert "cannot convert" in result.output and "Traceback" not in result.output
