@@ -44,7 +44,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -482,6 +482,17 @@ def fixed_condition(unet: UNet2DConfig, class_label: int | None) -> dict[str, An
     return {}
 
 
+_SamplerConfig = TypeVar("_SamplerConfig", DDIMConfig, ConsistencyConfig)
+
+
+def _with_class_label(cfg: _SamplerConfig, class_label: int | None) -> _SamplerConfig:
+    """``cfg`` with its fixed class set to ``class_label`` when one is given: the argument
+    of ``make_*_generator`` overrides the config's ``class_label``."""
+    if class_label is None:
+        return cfg
+    return dataclasses.replace(cfg, class_label=int(class_label))
+
+
 def _generator(
     apply_fn: Any,
     unet: UNet2DConfig,
@@ -510,6 +521,7 @@ def _generator(
 
 
 def init_ddim_variables(config: Mapping[str, Any] | DDIMConfig, key: jax.Array) -> dict[str, Any]:
+    """Fresh UNet variables of a ``"unet-ddim"`` generator (the scheduler has none)."""
     return unet2d.init_variables(DDIMConfig.from_dict(config).unet, key)
 
 
@@ -521,9 +533,7 @@ def make_ddim_generator(
     **info: Any,
 ) -> Generator:
     """A DDIM (eta = 0) generator; input: initial noise ``x_T`` (H, W, C), prior N(0, 1)."""
-    cfg = DDIMConfig.from_dict(config)
-    if class_label is not None:
-        cfg = dataclasses.replace(cfg, class_label=int(class_label))
+    cfg = _with_class_label(DDIMConfig.from_dict(config), class_label)
     ddim_schedule(cfg.scheduler, cfg.num_inference_steps)  # validate early
     cond = fixed_condition(cfg.unet, cfg.class_label)
     info = {"architecture": "unet-ddim", "config": cfg.to_dict(), **info}
@@ -533,6 +543,7 @@ def make_ddim_generator(
 def init_consistency_variables(
     config: Mapping[str, Any] | ConsistencyConfig, key: jax.Array
 ) -> dict[str, Any]:
+    """Fresh UNet variables of a ``"consistency"`` generator (the scheduler has none)."""
     return unet2d.init_variables(ConsistencyConfig.from_dict(config).unet, key)
 
 
@@ -545,9 +556,7 @@ def make_consistency_generator(
 ) -> Generator:
     """A consistency-model generator; input: unit-variance noise ``z`` (H, W, C), prior
     N(0, 1), scaled by ``sigma_max`` inside."""
-    cfg = ConsistencyConfig.from_dict(config)
-    if class_label is not None:
-        cfg = dataclasses.replace(cfg, class_label=int(class_label))
+    cfg = _with_class_label(ConsistencyConfig.from_dict(config), class_label)
     cond = fixed_condition(cfg.unet, cfg.class_label)
     if cfg.num_steps > 1:
         cond["noise_key"] = noise_key_data(cfg.noise_seed)
