@@ -45,6 +45,9 @@ DEFAULT_IMAGE_SHAPE = (32, 32)
 
 @dataclasses.dataclass(frozen=True)
 class ConvDecoderConfig:
+    """Sizes of a :class:`ConvVAE` (what a model card's ``config`` holds for
+    ``"conv-decoder"``); none depends on the image size."""
+
     latent_channels: int = 4
     nc: int = 3
     widths: tuple[int, int, int] = (64, 32, 16)  # channels at latent, half, full resolution

@@ -119,6 +119,7 @@ class DDIMSchedulerConfig:
         return cls(**kwargs), ignored
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict (``trained_betas`` as a list) that the constructor reads back."""
         d = dataclasses.asdict(self)
         if d["trained_betas"] is not None:
             d["trained_betas"] = list(d["trained_betas"])
@@ -219,6 +220,7 @@ class DDIMConfig:
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any] | DDIMConfig) -> DDIMConfig:
+        """From :meth:`to_dict`'s dict (a model card's ``config``); a config passes through."""
         if isinstance(config, DDIMConfig):
             return config
         cfg = dict(config)
@@ -227,6 +229,7 @@ class DDIMConfig:
         return cls(**cfg)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict that :meth:`from_dict` reads back (a model card's ``config``)."""
         return {
             "unet": self.unet.to_dict(),
             "scheduler": self.scheduler.to_dict(),
@@ -303,6 +306,8 @@ class CMSchedulerConfig:
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> CMSchedulerConfig:
+        """From a diffusers scheduler config dict; private ``_keys`` are dropped, unknown
+        keys are an error."""
         known = {f.name for f in dataclasses.fields(cls)}
         cfg = {k: v for k, v in config.items() if not k.startswith("_")}
         unknown = sorted(set(cfg) - known)
@@ -311,11 +316,14 @@ class CMSchedulerConfig:
         return cls(**cfg)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict that :meth:`from_dict` reads back."""
         return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True)
 class CMSchedule:
+    """The per-step constants of a consistency-model run (numpy, trace-time constants)."""
+
     sigmas: np.ndarray  # float32 [K + 1]: the K step sigmas, then sigma_min
     timesteps: np.ndarray  # float64 [K]: the UNet's timestep input per step
 
@@ -367,16 +375,20 @@ class ConsistencyConfig:
 
     @property
     def schedule(self) -> CMSchedule:
+        """The run's sigmas and UNet timesteps: the custom ``timesteps`` if set, else
+        ``num_inference_steps`` evenly spaced ones."""
         if self.timesteps is not None:
             return cm_schedule(self.scheduler, timesteps=self.timesteps)
         return cm_schedule(self.scheduler, num_inference_steps=self.num_inference_steps)
 
     @property
     def num_steps(self) -> int:
+        """Number of UNet evaluations per sample (more than one injects fixed noise between)."""
         return len(self.schedule.timesteps)
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any] | ConsistencyConfig) -> ConsistencyConfig:
+        """From :meth:`to_dict`'s dict (a model card's ``config``); a config passes through."""
         if isinstance(config, ConsistencyConfig):
             return config
         cfg = dict(config)
@@ -416,6 +428,7 @@ class ConsistencyApply:
     config: ConsistencyConfig
 
     def sample(self, variables: Any, z: jax.Array, condition: Any) -> jax.Array:
+        """The final consistency sample in the model's range (before mapping to [0, 1])."""
         cfg = self.config
         sc = cfg.scheduler
         sched = cfg.schedule

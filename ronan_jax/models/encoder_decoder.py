@@ -40,6 +40,7 @@ class EncoderDecoderVAE(nn.Module):
         return self.decoder(reparameterize(mu, logvar, key)), mu, logvar
 
     def decode(self, z: jax.Array) -> jax.Array:
+        """Decoder logits of latents ``z`` (for ``apply(..., method=decode)`` in training)."""
         return self.decoder(z)
 
 

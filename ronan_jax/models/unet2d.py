@@ -162,6 +162,7 @@ class UNet2DConfig:
 
     @property
     def time_embed_dim(self) -> int:
+        """Width of the time embedding (diffusers: 4x the first block's channels by default)."""
         return self.time_embedding_dim or self.block_out_channels[0] * 4
 
     @property
@@ -171,6 +172,7 @@ class UNet2DConfig:
 
     @property
     def image_hw(self) -> tuple[int, int]:
+        """``sample_size`` as ``(H, W)``: the generator's default image size."""
         if self.sample_size is None:
             raise ValueError("the UNet config has no sample_size; give the image size")
         if isinstance(self.sample_size, int):

@@ -35,6 +35,8 @@ from ronan_jax.models.layers import ConvTranspose
 
 @dataclasses.dataclass(frozen=True)
 class VAEConfig:
+    """Sizes of a :class:`VAE` (what a model card's ``config`` holds for ``"vae"``)."""
+
     latent_dim: int = 32
     image_size: int = 32
     nc: int = 1
@@ -50,10 +52,12 @@ class VAEConfig:
 
     @property
     def base_size(self) -> int:
+        """Side of the map the latent is reshaped to, before the first upsampling."""
         return self.image_size // 2**self.n_up
 
     @property
     def base_features(self) -> int:
+        """Channels of that first map (``nf`` doubled once per upsampling but the last)."""
         return self.nf * 2 ** (self.n_up - 1)
 
 
