@@ -35,7 +35,9 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from ronan_jax.engine.generator import Generator
-from ronan_jax.models.layers import reparameterize
+from ronan_jax.models import encoder_decoder
+from ronan_jax.models.encoder_decoder import EncoderDecoderVAE, SigmoidDecoderApply
+from ronan_jax.models.encoder_decoder import decoder_variables as decoder_variables
 
 DOWNSAMPLE = 4  # image pixels per latent pixel along each axis (two 2x stages)
 DEFAULT_IMAGE_SHAPE = (32, 32)
@@ -43,6 +45,9 @@ DEFAULT_IMAGE_SHAPE = (32, 32)
 
 @dataclasses.dataclass(frozen=True)
 class ConvDecoderConfig:
+    """Sizes of a :class:`ConvVAE` (what a model card's ``config`` holds for
+    ``"conv-decoder"``); none depends on the image size."""
+
     latent_channels: int = 4
     nc: int = 3
     widths: tuple[int, int, int] = (64, 32, 16)  # channels at latent, half, full resolution
@@ -101,33 +106,21 @@ class ConvEncoder(nn.Module):
         return mu, logvar
 
 
-class ConvVAE(nn.Module):
+class ConvVAE(EncoderDecoderVAE):
     """Encoder + decoder for training. ``__call__`` returns (logits, mu, logvar)."""
 
     config: ConvDecoderConfig
-
-    def setup(self) -> None:
-        self.encoder = ConvEncoder(self.config)
-        self.decoder = ConvDecoder(self.config)
-
-    def __call__(self, x: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        mu, logvar = self.encoder(x)
-        return self.decoder(reparameterize(mu, logvar, key)), mu, logvar
-
-    def decode(self, z: jax.Array) -> jax.Array:
-        return self.decoder(z)
+    encoder_cls = ConvEncoder
+    decoder_cls = ConvDecoder
 
 
 @dataclasses.dataclass(frozen=True)
-class ConvDecoderApply:
+class ConvDecoderApply(SigmoidDecoderApply):
     """Pure generator apply: decoder variables + latent map -> sigmoid images in [0, 1].
     Shape-agnostic and hashable by value: every size and every equal config share it."""
 
     config: ConvDecoderConfig
-
-    def __call__(self, variables: Any, z: jax.Array, condition: Any) -> jax.Array:
-        logits = ConvDecoder(self.config).apply(variables, z)
-        return jax.nn.sigmoid(logits.astype(jnp.float32))
+    decoder_cls = ConvDecoder
 
 
 def latent_shape(config: ConvDecoderConfig, image_shape: tuple[int, int]) -> tuple[int, int, int]:
@@ -148,14 +141,8 @@ def init_variables(config: ConvDecoderConfig, key: jax.Array) -> dict[str, Any]:
 
 def init_training_variables(config: ConvDecoderConfig, key: jax.Array) -> dict[str, Any]:
     """Fresh encoder + decoder variables of :class:`ConvVAE`."""
-    x = jnp.zeros((1, *DEFAULT_IMAGE_SHAPE, config.nc), jnp.float32)
-    model_key, noise_key = jax.random.split(key)
-    return dict(ConvVAE(config).init(model_key, x, noise_key))
-
-
-def decoder_variables(training_variables: Any) -> dict[str, Any]:
-    """The decoder part of :class:`ConvVAE` variables, laid out as :func:`init_variables`."""
-    return {"params": training_variables["params"]["decoder"]}
+    shape = (*DEFAULT_IMAGE_SHAPE, config.nc)
+    return encoder_decoder.init_training_variables(ConvVAE(config), shape, key)
 
 
 def make_generator(

@@ -24,6 +24,9 @@ RESIZE_METHODS = ("linear", "cubic")
 
 @dataclasses.dataclass(frozen=True)
 class DCGANConfig:
+    """Sizes and options of a DCGAN (pytorch/examples names: ``nz``, ``ngf``, ``ndf``, ``nc``);
+    what a model card's ``config`` holds for ``"dcgan"``."""
+
     nz: int = 100
     ngf: int = 64
     ndf: int = 64
@@ -57,6 +60,8 @@ class DCGANConfig:
 
 
 class DCGANGenerator(nn.Module):
+    """The pytorch/examples DCGAN generator (see the module docstring for its layers)."""
+
     config: DCGANConfig
 
     @nn.compact

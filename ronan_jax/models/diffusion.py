@@ -44,7 +44,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -119,6 +119,7 @@ class DDIMSchedulerConfig:
         return cls(**kwargs), ignored
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict (``trained_betas`` as a list) that the constructor reads back."""
         d = dataclasses.asdict(self)
         if d["trained_betas"] is not None:
             d["trained_betas"] = list(d["trained_betas"])
@@ -219,6 +220,7 @@ class DDIMConfig:
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any] | DDIMConfig) -> DDIMConfig:
+        """From :meth:`to_dict`'s dict (a model card's ``config``); a config passes through."""
         if isinstance(config, DDIMConfig):
             return config
         cfg = dict(config)
@@ -227,6 +229,7 @@ class DDIMConfig:
         return cls(**cfg)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict that :meth:`from_dict` reads back (a model card's ``config``)."""
         return {
             "unet": self.unet.to_dict(),
             "scheduler": self.scheduler.to_dict(),
@@ -303,6 +306,8 @@ class CMSchedulerConfig:
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> CMSchedulerConfig:
+        """From a diffusers scheduler config dict; private ``_keys`` are dropped, unknown
+        keys are an error."""
         known = {f.name for f in dataclasses.fields(cls)}
         cfg = {k: v for k, v in config.items() if not k.startswith("_")}
         unknown = sorted(set(cfg) - known)
@@ -311,11 +316,14 @@ class CMSchedulerConfig:
         return cls(**cfg)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict that :meth:`from_dict` reads back."""
         return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True)
 class CMSchedule:
+    """The per-step constants of a consistency-model run (numpy, trace-time constants)."""
+
     sigmas: np.ndarray  # float32 [K + 1]: the K step sigmas, then sigma_min
     timesteps: np.ndarray  # float64 [K]: the UNet's timestep input per step
 
@@ -367,16 +375,20 @@ class ConsistencyConfig:
 
     @property
     def schedule(self) -> CMSchedule:
+        """The run's sigmas and UNet timesteps: the custom ``timesteps`` if set, else
+        ``num_inference_steps`` evenly spaced ones."""
         if self.timesteps is not None:
             return cm_schedule(self.scheduler, timesteps=self.timesteps)
         return cm_schedule(self.scheduler, num_inference_steps=self.num_inference_steps)
 
     @property
     def num_steps(self) -> int:
+        """Number of UNet evaluations per sample (more than one injects fixed noise between)."""
         return len(self.schedule.timesteps)
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any] | ConsistencyConfig) -> ConsistencyConfig:
+        """From :meth:`to_dict`'s dict (a model card's ``config``); a config passes through."""
         if isinstance(config, ConsistencyConfig):
             return config
         cfg = dict(config)
@@ -416,6 +428,7 @@ class ConsistencyApply:
     config: ConsistencyConfig
 
     def sample(self, variables: Any, z: jax.Array, condition: Any) -> jax.Array:
+        """The final consistency sample in the model's range (before mapping to [0, 1])."""
         cfg = self.config
         sc = cfg.scheduler
         sched = cfg.schedule
@@ -482,6 +495,17 @@ def fixed_condition(unet: UNet2DConfig, class_label: int | None) -> dict[str, An
     return {}
 
 
+_SamplerConfig = TypeVar("_SamplerConfig", DDIMConfig, ConsistencyConfig)
+
+
+def _with_class_label(cfg: _SamplerConfig, class_label: int | None) -> _SamplerConfig:
+    """``cfg`` with its fixed class set to ``class_label`` when one is given: the argument
+    of ``make_*_generator`` overrides the config's ``class_label``."""
+    if class_label is None:
+        return cfg
+    return dataclasses.replace(cfg, class_label=int(class_label))
+
+
 def _generator(
     apply_fn: Any,
     unet: UNet2DConfig,
@@ -510,6 +534,7 @@ def _generator(
 
 
 def init_ddim_variables(config: Mapping[str, Any] | DDIMConfig, key: jax.Array) -> dict[str, Any]:
+    """Fresh UNet variables of a ``"unet-ddim"`` generator (the scheduler has none)."""
     return unet2d.init_variables(DDIMConfig.from_dict(config).unet, key)
 
 
@@ -521,9 +546,7 @@ def make_ddim_generator(
     **info: Any,
 ) -> Generator:
     """A DDIM (eta = 0) generator; input: initial noise ``x_T`` (H, W, C), prior N(0, 1)."""
-    cfg = DDIMConfig.from_dict(config)
-    if class_label is not None:
-        cfg = dataclasses.replace(cfg, class_label=int(class_label))
+    cfg = _with_class_label(DDIMConfig.from_dict(config), class_label)
     ddim_schedule(cfg.scheduler, cfg.num_inference_steps)  # validate early
     cond = fixed_condition(cfg.unet, cfg.class_label)
     info = {"architecture": "unet-ddim", "config": cfg.to_dict(), **info}
@@ -533,6 +556,7 @@ def make_ddim_generator(
 def init_consistency_variables(
     config: Mapping[str, Any] | ConsistencyConfig, key: jax.Array
 ) -> dict[str, Any]:
+    """Fresh UNet variables of a ``"consistency"`` generator (the scheduler has none)."""
     return unet2d.init_variables(ConsistencyConfig.from_dict(config).unet, key)
 
 
@@ -545,9 +569,7 @@ def make_consistency_generator(
 ) -> Generator:
     """A consistency-model generator; input: unit-variance noise ``z`` (H, W, C), prior
     N(0, 1), scaled by ``sigma_max`` inside."""
-    cfg = ConsistencyConfig.from_dict(config)
-    if class_label is not None:
-        cfg = dataclasses.replace(cfg, class_label=int(class_label))
+    cfg = _with_class_label(ConsistencyConfig.from_dict(config), class_label)
     cond = fixed_condition(cfg.unet, cfg.class_label)
     if cfg.num_steps > 1:
         cond["noise_key"] = noise_key_data(cfg.noise_seed)

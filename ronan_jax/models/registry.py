@@ -83,6 +83,7 @@ ARCHITECTURES: dict[str, Architecture] = {
 
 
 def get_architecture(name: str) -> Architecture:
+    """The table entry of ``name`` (``ValueError`` listing the known names if unknown)."""
     try:
         return ARCHITECTURES[name]
     except KeyError:

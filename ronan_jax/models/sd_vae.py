@@ -178,6 +178,8 @@ class MidBlock(nn.Module):
 
 
 class Upsampler(nn.Module):
+    """diffusers ``Upsample2D``: nearest 2x upsampling, then a 3x3 conv."""
+
     features: int
 
     @nn.compact
@@ -197,6 +199,8 @@ class Downsampler(nn.Module):
 
 
 class UpBlock(nn.Module):
+    """diffusers ``UpDecoderBlock2D``: ``layers_per_block + 1`` resnets, then maybe an upsampler."""
+
     config: SDVAEConfig
     out_channels: int
     add_upsample: bool
@@ -211,6 +215,8 @@ class UpBlock(nn.Module):
 
 
 class DownBlock(nn.Module):
+    """diffusers ``DownEncoderBlock2D``: ``layers_per_block`` resnets, then maybe a downsampler."""
+
     config: SDVAEConfig
     out_channels: int
     add_downsample: bool
@@ -276,11 +282,14 @@ class SDVAE(nn.Module):
                 self.quant_conv = nn.Conv(2 * cfg.latent_channels, (1, 1), padding="VALID")
 
     def decode(self, z: jax.Array) -> jax.Array:
+        """Unscaled latent -> image in roughly [-1, 1]."""
         if self.config.use_post_quant_conv:
             z = self.post_quant_conv(z)
         return self.decoder(z)
 
     def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Image in [-1, 1] -> posterior ``(mean, logvar)``, logvar clipped to [-30, 20] as
+        diffusers' ``DiagonalGaussianDistribution`` does."""
         if not self.config.include_encoder:
             raise ValueError("this SD VAE was converted without its encoder")
         h = self.encoder(x)

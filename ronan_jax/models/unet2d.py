@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+# Each in the order plain, attention, resampling resnet (``_block_spec`` reads that order).
 DOWN_BLOCK_TYPES = ("DownBlock2D", "AttnDownBlock2D", "ResnetDownsampleBlock2D")
 UP_BLOCK_TYPES = ("UpBlock2D", "AttnUpBlock2D", "ResnetUpsampleBlock2D")
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -161,6 +162,7 @@ class UNet2DConfig:
 
     @property
     def time_embed_dim(self) -> int:
+        """Width of the time embedding (diffusers: 4x the first block's channels by default)."""
         return self.time_embedding_dim or self.block_out_channels[0] * 4
 
     @property
@@ -170,6 +172,7 @@ class UNet2DConfig:
 
     @property
     def image_hw(self) -> tuple[int, int]:
+        """``sample_size`` as ``(H, W)``: the generator's default image size."""
         if self.sample_size is None:
             raise ValueError("the UNet config has no sample_size; give the image size")
         if isinstance(self.sample_size, int):
@@ -206,28 +209,51 @@ def _heads(cfg: UNet2DConfig, channels: int) -> tuple[int, int]:
     return channels // dim_head, dim_head
 
 
+def _block_spec(
+    cfg: UNet2DConfig,
+    kinds: tuple[str, str, str],
+    btype: str,
+    out_channels: int,
+    resnets: tuple[tuple[int, int], ...],
+    last: bool,
+    attention_sampler: str,
+) -> BlockSpec:
+    """The :class:`BlockSpec` of one block of type ``btype``, whose kind is its place in
+    ``kinds`` (:data:`DOWN_BLOCK_TYPES` or :data:`UP_BLOCK_TYPES`: plain, attention, resnet).
+
+    Its sampler, as diffusers builds it: none for the last block; otherwise a convolution
+    for a plain block, ``attention_sampler`` (``downsample_type`` / ``upsample_type``) for an
+    attention block and a resampling resnet for a resnet block."""
+    plain, attention, _ = kinds
+    if last:
+        sampler = None
+    elif btype == plain:
+        sampler = "conv"
+    elif btype == attention:
+        sampler = attention_sampler
+    else:
+        sampler = "resnet"
+    heads, dim_head = _heads(cfg, out_channels)
+    return BlockSpec(btype, out_channels, resnets, btype == attention, heads, dim_head, sampler)
+
+
 def down_block_specs(cfg: UNet2DConfig) -> list[BlockSpec]:
+    """The channel plan of every down block, first (full resolution) to last."""
     specs = []
     out_ch = cfg.block_out_channels[0]
     n = len(cfg.block_out_channels)
     for i, btype in enumerate(cfg.down_block_types):
         in_ch, out_ch = out_ch, cfg.block_out_channels[i]
         resnets = tuple((in_ch if j == 0 else out_ch, out_ch) for j in range(cfg.layers_per_block))
-        if i == n - 1:
-            sampler = None
-        elif btype == "DownBlock2D":
-            sampler = "conv"
-        elif btype == "AttnDownBlock2D":
-            sampler = cfg.downsample_type
-        else:  # ResnetDownsampleBlock2D
-            sampler = "resnet"
         specs.append(
-            BlockSpec(btype, out_ch, resnets, btype == "AttnDownBlock2D", *_heads(cfg, out_ch), sampler)
+            _block_spec(cfg, DOWN_BLOCK_TYPES, btype, out_ch, resnets, i == n - 1, cfg.downsample_type)
         )
     return specs
 
 
 def up_block_specs(cfg: UNet2DConfig) -> list[BlockSpec]:
+    """The channel plan of every up block, first (coarsest) to last; each resnet's input
+    includes the skip connection it concatenates."""
     specs = []
     rev = list(reversed(cfg.block_out_channels))
     n = len(rev)
@@ -240,16 +266,8 @@ def up_block_specs(cfg: UNet2DConfig) -> list[BlockSpec]:
             ((prev_ch if j == 0 else out_ch) + (in_ch if j == layers - 1 else out_ch), out_ch)
             for j in range(layers)
         )
-        if i == n - 1:
-            sampler = None
-        elif btype == "UpBlock2D":
-            sampler = "conv"
-        elif btype == "AttnUpBlock2D":
-            sampler = cfg.upsample_type
-        else:  # ResnetUpsampleBlock2D
-            sampler = "resnet"
         specs.append(
-            BlockSpec(btype, out_ch, resnets, btype == "AttnUpBlock2D", *_heads(cfg, out_ch), sampler)
+            _block_spec(cfg, UP_BLOCK_TYPES, btype, out_ch, resnets, i == n - 1, cfg.upsample_type)
         )
     return specs
 

@@ -27,11 +27,16 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from ronan_jax.engine.generator import Generator
-from ronan_jax.models.layers import ConvTranspose, reparameterize
+from ronan_jax.models import encoder_decoder
+from ronan_jax.models.encoder_decoder import EncoderDecoderVAE, SigmoidDecoderApply
+from ronan_jax.models.encoder_decoder import decoder_variables as decoder_variables
+from ronan_jax.models.layers import ConvTranspose
 
 
 @dataclasses.dataclass(frozen=True)
 class VAEConfig:
+    """Sizes of a :class:`VAE` (what a model card's ``config`` holds for ``"vae"``)."""
+
     latent_dim: int = 32
     image_size: int = 32
     nc: int = 1
@@ -47,10 +52,12 @@ class VAEConfig:
 
     @property
     def base_size(self) -> int:
+        """Side of the map the latent is reshaped to, before the first upsampling."""
         return self.image_size // 2**self.n_up
 
     @property
     def base_features(self) -> int:
+        """Channels of that first map (``nf`` doubled once per upsampling but the last)."""
         return self.nf * 2 ** (self.n_up - 1)
 
 
@@ -97,33 +104,21 @@ class VAEEncoder(nn.Module):
         return mu, logvar
 
 
-class VAE(nn.Module):
+class VAE(EncoderDecoderVAE):
     """Encoder + decoder for training. ``__call__`` returns (logits, mu, logvar)."""
 
     config: VAEConfig
-
-    def setup(self) -> None:
-        self.encoder = VAEEncoder(self.config)
-        self.decoder = VAEDecoder(self.config)
-
-    def __call__(self, x: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        mu, logvar = self.encoder(x)
-        return self.decoder(reparameterize(mu, logvar, key)), mu, logvar
-
-    def decode(self, z: jax.Array) -> jax.Array:
-        return self.decoder(z)
+    encoder_cls = VAEEncoder
+    decoder_cls = VAEDecoder
 
 
 @dataclasses.dataclass(frozen=True)
-class VAEApply:
+class VAEApply(SigmoidDecoderApply):
     """Pure generator apply: decoder variables + z -> sigmoid images in [0, 1] NHWC.
     A frozen dataclass, so equal configs share one compiled inversion program."""
 
     config: VAEConfig
-
-    def __call__(self, variables: Any, z: jax.Array, condition: Any) -> jax.Array:
-        logits = VAEDecoder(self.config).apply(variables, z)
-        return jax.nn.sigmoid(logits.astype(jnp.float32))
+    decoder_cls = VAEDecoder
 
 
 def init_variables(config: VAEConfig, key: jax.Array) -> dict[str, Any]:
@@ -134,14 +129,8 @@ def init_variables(config: VAEConfig, key: jax.Array) -> dict[str, Any]:
 
 def init_training_variables(config: VAEConfig, key: jax.Array) -> dict[str, Any]:
     """Fresh encoder + decoder variables of :class:`VAE`."""
-    x = jnp.zeros((1, config.image_size, config.image_size, config.nc), jnp.float32)
-    model_key, noise_key = jax.random.split(key)
-    return dict(VAE(config).init(model_key, x, noise_key))
-
-
-def decoder_variables(training_variables: Any) -> dict[str, Any]:
-    """The decoder part of :class:`VAE` variables, laid out as :func:`init_variables`."""
-    return {"params": training_variables["params"]["decoder"]}
+    shape = (config.image_size, config.image_size, config.nc)
+    return encoder_decoder.init_training_variables(VAE(config), shape, key)
 
 
 def make_generator(config: VAEConfig, variables: Any, name: str = "vae", **info: Any) -> Generator:

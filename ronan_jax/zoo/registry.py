@@ -4,13 +4,16 @@ Every model was trained offline by :mod:`ronan_jax.zoo.train` and ships as a che
 directory (:mod:`ronan_jax.models.checkpoint`: orbax parameters + ``model_card.json``) plus a
 ``samples.png`` grid under ``ronan_jax/zoo/weights/<name>/``.
 
-Reference models. RONAN calibrates a model's reconstruction loss by that of a reference
-generator Mr with strong generation ability, trained on other data with another architecture
-(paper Eq. 2). The zoo's default reference for every inspected model is ``ref-photo``: a
-fully convolutional VAE decoder with a spatial latent (Stable Diffusion's VAE, shrunk) trained
-on colour photo patches. It serves any image size that is a multiple of 4 with the same weights
-and greyscale images through BT.601 luma (``Generator.for_shape``). ``ref-photo`` cannot be its
-own reference (the ratio would always be 1), so it is calibrated by ``dcgan-photo`` instead.
+Reference models. RONAN calibrates a model's reconstruction loss of an image by dividing it by
+the image's loss on a reference generator Mr with strong generation ability, trained on other
+data with another architecture: the reference measures how hard the image is to reconstruct
+at all, so the ratio removes the image's inherent complexity
+(:mod:`ronan_jax.attribution.calibrate`). The zoo's default reference for every inspected
+model is ``ref-photo``: a fully convolutional VAE decoder with a spatial latent (Stable
+Diffusion's VAE, shrunk) trained on colour photo patches. It serves any image size that is a
+multiple of 4 with the same weights and greyscale images through BT.601 luma
+(``Generator.for_shape``). ``ref-photo`` cannot be its own reference (the ratio would always
+be 1), so it is calibrated by ``dcgan-photo`` instead.
 Note that ``dcgan-photo`` and ``ref-photo`` were trained on the same photos (the held-out
 photos are unseen by both), so that pair differs only in architecture.
 """
@@ -58,9 +61,11 @@ class ZooModel:
 
     @property
     def config_dict(self) -> dict[str, Any]:
+        """The config as the JSON-able dict a model card stores."""
         return dataclasses.asdict(self.config)
 
     def as_dict(self) -> dict[str, Any]:
+        """The entry as a plain JSON-able dict (one row of :func:`list_models`)."""
         return {
             "name": self.name,
             "description": self.description,
