@@ -3,8 +3,9 @@
 Every source yields `ImageRecord`s in a deterministic order (sorted within directories, glob
 matches sorted, tar members in archive order) so two runs over the same inputs see the same
 sequence, and a resumed run can skip what is done. Problems reading an input (a missing path,
-an unreadable file, a damaged archive) become records with `error` set, never exceptions: one
-bad path must not stop an audit of a million images.
+an unreadable file, a damaged archive, a FIFO or device where a file was expected) become
+records with `error` set, never exceptions and never a blocked read: one bad path must not
+stop an audit of a million images. Only regular files are ever opened (`_open_regular`).
 
 Paths are reported as absolute, normalised paths (``os.path.abspath``), so a resume from another
 working directory finds the same keys. Records carry the raw bytes; decoding happens later, by
@@ -14,12 +15,15 @@ content, in `ronan_jax.inputs.decode`.
 from __future__ import annotations
 
 import glob
+import io
 import lzma
 import os
+import stat
 import tarfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -40,7 +44,20 @@ LIST_SUFFIXES: tuple[str, ...] = (".txt", ".lst")
 _GLOB_CHARS = frozenset("*?[")
 
 # Error kinds a source can put on a record (decode errors have their own kinds).
-SOURCE_ERROR_KINDS: tuple[str, ...] = ("not-found", "unreadable", "corrupt-archive")
+SOURCE_ERROR_KINDS: tuple[str, ...] = ("not-found", "unreadable", "corrupt-archive", "not-a-file")
+"""``not-found``: no such path; ``unreadable``: it exists but cannot be opened or read;
+``corrupt-archive``: a tar stream is damaged; ``not-a-file``: a FIFO, socket, device or
+directory where a regular file was expected (never opened: reading one could block forever)."""
+
+# Flags for opening an input: never block on a FIFO that slipped in after the stat, never make
+# a terminal our controlling one, never leak the descriptor into a child process.
+_OPEN_FLAGS = (
+    os.O_RDONLY
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_NOCTTY", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_BINARY", 0)
+)
 
 KeyFilter = Callable[[str, "str | None"], bool]
 """``(path, member) -> bool``: True drops the record before its bytes are read."""
@@ -79,13 +96,79 @@ def _error(path: str, kind: str, message: str, member: str | None = None) -> Ima
     return ImageRecord(path=path, member=member, error=message, error_kind=kind)
 
 
+class _SourceError(OSError):
+    """Why an input could not be opened, as the record's `error_kind` and `error`."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+def _describe_mode(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    return f"not a regular file (mode {stat.filemode(mode)})"
+
+
+def _not_a_file(path: str, mode: int) -> _SourceError:
+    return _SourceError("not-a-file", f"not a regular file: {path} is {_describe_mode(mode)}")
+
+
+def _os_error(path: str, noun: str, e: OSError) -> _SourceError:
+    if isinstance(e, FileNotFoundError):
+        return _SourceError("not-found", f"no such {noun}: {path}")
+    what = "" if noun == "file" else f"{noun} "
+    return _SourceError("unreadable", f"cannot read {what}{path}: {e.strerror or e}")
+
+
+def _open_regular(path: str, noun: str = "file") -> BinaryIO:
+    """Open `path` for binary reading if, and only if, it is a regular file.
+
+    Anything else (FIFO, socket, device, directory) raises `_SourceError` ``not-a-file``
+    without being opened: a FIFO would block the reader forever, a device could be endless
+    or have side effects. The stat-then-open race (the name swapped for a FIFO in between) is
+    closed by opening non-blocking and checking the opened descriptor again with fstat.
+    """
+    try:
+        st = os.stat(path)
+    except ValueError:  # an embedded NUL: no file can have that name
+        raise _SourceError("not-found", f"no such {noun} (the name holds a NUL): {path}") from None
+    except OSError as e:
+        raise _os_error(path, noun, e) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise _not_a_file(path, st.st_mode)
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as e:
+        raise _os_error(path, noun, e) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_a_file(path, st.st_mode)
+        if _OPEN_FLAGS & getattr(os, "O_NONBLOCK", 0):
+            os.set_blocking(fd, True)  # no effect on regular files; plain semantics anyway
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _read_file(path: str) -> ImageRecord:
     try:
-        with open(path, "rb") as f:
+        with _open_regular(path) as f:
             return ImageRecord(path=path, data=f.read())
-    except FileNotFoundError:
-        return _error(path, "not-found", f"no such file: {path}")
-    except OSError as e:  # permissions, a directory, I/O errors
+    except _SourceError as e:
+        return _error(path, e.kind, e.message)
+    except OSError as e:  # I/O errors while reading
         return _error(path, "unreadable", f"cannot read {path}: {e.strerror or e}")
 
 
@@ -125,7 +208,9 @@ class DirSource(Source):
 
     The walk is depth first with each directory's entries sorted by name (files and
     subdirectories interleaved), which orders records like their sorted relative paths.
-    Symlinked directories are not followed (no loops); symlinked files are.
+    Symlinked directories are not followed (no loops); symlinked files are. An entry with an
+    image name that is not a regular file (a FIFO, socket, device, a link to a directory) is a
+    ``not-a-file`` record and a dangling link a ``not-found`` one: reported, never opened.
     """
 
     path: str
@@ -144,12 +229,11 @@ class DirSource(Source):
         for entry in entries:
             try:
                 is_dir = entry.is_dir(follow_symlinks=False)
-                is_file = not is_dir and entry.is_file()
             except OSError:
-                is_dir = is_file = False
+                is_dir = False
             if is_dir:
                 yield from self._walk(entry.path, skip_key)
-            elif is_file and has_image_extension(entry.name):
+            elif has_image_extension(entry.name):  # _read_file reports what is not a file
                 if skip_key is not None and skip_key(entry.path, None):
                     continue
                 yield _read_file(entry.path)
@@ -171,12 +255,9 @@ class TarSource(Source):
         """Yield a record per image member, then stop at the end or at the first damage."""
         path = os.path.abspath(self.path)
         try:
-            fileobj = open(path, "rb")
-        except FileNotFoundError:
-            yield _error(path, "not-found", f"no such file: {path}")
-            return
-        except OSError as e:
-            yield _error(path, "unreadable", f"cannot read {path}: {e.strerror or e}")
+            fileobj = _open_regular(path)
+        except _SourceError as e:
+            yield _error(path, e.kind, e.message)
             return
         member_name: str | None = None
         try:
@@ -248,7 +329,10 @@ class ListFileSource(Source):
         """The absolute paths the list names, in file order."""
         folder = os.path.dirname(os.path.abspath(self.path))
         out = []
-        with open(self.path, encoding="utf-8") as f:
+        with (
+            _open_regular(os.path.abspath(self.path), "list file") as raw,
+            io.TextIOWrapper(raw, "utf-8") as f,
+        ):
             for line in f:
                 entry = line.strip()
                 if not entry or entry.startswith("#"):
@@ -261,8 +345,8 @@ class ListFileSource(Source):
         path = os.path.abspath(self.path)
         try:
             entries = self.entries()
-        except FileNotFoundError:
-            yield _error(path, "not-found", f"no such list file: {path}")
+        except _SourceError as e:
+            yield _error(path, e.kind, e.message)
             return
         except (OSError, UnicodeDecodeError) as e:
             yield _error(path, "unreadable", f"cannot read list file {path}: {e}")
@@ -277,8 +361,9 @@ def _is_tar(path: str) -> bool:
     if has_image_extension(path) or _has_suffix(path, LIST_SUFFIXES):
         return False
     try:
-        return tarfile.is_tarfile(path)
-    except OSError:
+        with _open_regular(path) as f:  # never tarfile's own open: it would block on a FIFO
+            return tarfile.is_tarfile(f)
+    except (OSError, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError):
         return False
 
 
