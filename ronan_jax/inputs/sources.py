@@ -1,4 +1,4 @@
-"""Image sources: files, directories, globs, tar streams and list files, as one record stream.
+r"""Image sources: files, directories, globs, tar streams and list files, as one record stream.
 
 Every source yields `ImageRecord`s in a deterministic order (sorted within directories, glob
 matches sorted, tar members in archive order) so two runs over the same inputs see the same
@@ -10,14 +10,36 @@ stop an audit of a million images. Only regular files are ever opened (`_open_re
 Paths are reported as absolute, normalised paths (``os.path.abspath``), so a resume from another
 working directory finds the same keys. Records carry the raw bytes; decoding happens later, by
 content, in `ronan_jax.inputs.decode`.
+
+Names that are not UTF-8. A POSIX file name is bytes; Python hands it over as a str in which
+each byte that is not part of valid UTF-8 is a lone surrogate (``surrogateescape``), and such a
+str cannot be written as UTF-8 text (SQLite, JSON, a terminal). Sources open files by that real
+name, but every record's `path` and `member` (and so its key) is `printable_name(real)`:
+
+* a name that is valid Unicode is reported as it is, unless it already reads like an escaped
+  name (below);
+* any other name is reported escaped: each undecodable byte as ``\xNN`` (two lower-case hex
+  digits, ``80``..``ff``), any other lone surrogate as ``\uNNNN`` (lower-case hex), and each
+  backslash as ``\\``. The file ``b"bad\xff\xfename.png"`` is reported as
+  ``bad\xff\xfename.png`` (backslash, x, f, f, ...);
+* a valid name "reads like an escaped name" when it holds a backslash and every backslash in
+  it begins one of those three escapes, e.g. a file literally named ``a\xff.png``; it is
+  escaped too (``a\\xff.png``), so it cannot be mistaken for the name with the byte 0xff.
+  A backslash that begins no escape (``a\b.png``) leaves a valid name as it is.
+
+So every reported name encodes as UTF-8, two different names never report the same string,
+and `real_name(reported)` gives the real name back (to open the file later). Tar member names
+are read as UTF-8 with ``surrogateescape`` and follow the same rule; list files are read as
+bytes, one name per line, so one line that is not UTF-8 does not spoil the others.
 """
 
 from __future__ import annotations
 
+import codecs
 import glob
-import io
 import lzma
 import os
+import re
 import stat
 import tarfile
 import zlib
@@ -60,15 +82,18 @@ _OPEN_FLAGS = (
 )
 
 KeyFilter = Callable[[str, "str | None"], bool]
-"""``(path, member) -> bool``: True drops the record before its bytes are read."""
+"""``(path, member) -> bool``: True drops the record before its bytes are read. It is given
+the record's own (printable) `path` and `member`, so it can test them against stored keys."""
 
 
 @dataclass(frozen=True)
 class ImageRecord:
     """One input image: where it came from and its raw bytes, or why they could not be read.
 
-    `member` is the name inside a tar archive, None for a plain file. Exactly one of `data`
-    and `error` is set; `error_kind` is one of `SOURCE_ERROR_KINDS` when `error` is.
+    `member` is the name inside a tar archive, None for a plain file. `path` and `member` are
+    printable names (`printable_name`: always valid UTF-8; `real_name` gives the file's real
+    name back). Exactly one of `data` and `error` is set; `error_kind` is one of
+    `SOURCE_ERROR_KINDS` when `error` is.
     """
 
     path: str
@@ -83,6 +108,74 @@ class ImageRecord:
         return (self.path, self.member or "")
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# The escapes printable_name writes: a backslash, a byte 80..ff, a surrogate outside dc80..dcff.
+_ESCAPE = re.compile(
+    r"\\(?:\\|x[89a-f][0-9a-f]|ud[89ab][0-9a-f]{2}|udc[0-7][0-9a-f]|ud[d-f][0-9a-f]{2})"
+)
+
+
+def _reads_escaped(name: str) -> bool:
+    """True when `name` holds a backslash and each one begins an `_ESCAPE`."""
+    i = name.find("\\")
+    if i < 0:
+        return False
+    while i >= 0:
+        m = _ESCAPE.match(name, i)
+        if m is None:
+            return False
+        i = name.find("\\", m.end())
+    return True
+
+
+def _escape_char(ch: str) -> str:
+    cp = ord(ch)
+    if ch == "\\":
+        return "\\\\"
+    if 0xDC80 <= cp <= 0xDCFF:  # surrogateescape's stand-in for the byte cp - 0xDC00
+        return f"\\x{cp - 0xDC00:02x}"
+    if 0xD800 <= cp <= 0xDFFF:
+        return f"\\u{cp:04x}"
+    return ch
+
+
+def printable_name(name: str) -> str:
+    """The name a record reports for the real (possibly surrogate-escaped) file name `name`.
+
+    Valid Unicode names come back unchanged unless they read like an escaped name; others are
+    escaped (see the module docstring). Always encodable as UTF-8, and one-to-one.
+    """
+    if _SURROGATE.search(name) is None and not _reads_escaped(name):
+        return name
+    return "".join(_escape_char(ch) for ch in name)
+
+
+def _unescape(m: re.Match[str]) -> str:
+    token = m.group()
+    if token == "\\\\":
+        return "\\"
+    if token[1] == "x":
+        return chr(0xDC00 + int(token[2:], 16))
+    return chr(int(token[2:], 16))
+
+
+def real_name(reported: str) -> str:
+    """The real file (or member) name that `printable_name` reported as `reported`.
+
+    The inverse of `printable_name`: pass the result to `open` to read the file again.
+    """
+    if not _reads_escaped(reported):
+        return reported
+    return _ESCAPE.sub(_unescape, reported)
+
+
+def _printable_text(text: str) -> str:
+    """`text` (an error message) with any surrogate escaped, so it can be stored as UTF-8."""
+    if _SURROGATE.search(text) is None:
+        return text
+    return _SURROGATE.sub(lambda m: _escape_char(m.group()), text)
+
+
 def has_image_extension(name: str) -> bool:
     """True when `name` ends in one of `IMAGE_EXTENSIONS` (case-insensitive)."""
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
@@ -93,7 +186,10 @@ def _has_suffix(name: str, suffixes: tuple[str, ...]) -> bool:
 
 
 def _error(path: str, kind: str, message: str, member: str | None = None) -> ImageRecord:
-    return ImageRecord(path=path, member=member, error=message, error_kind=kind)
+    """An error record for the real `path` (and already printable `member`)."""
+    return ImageRecord(
+        path=printable_name(path), member=member, error=_printable_text(message), error_kind=kind
+    )
 
 
 class _SourceError(OSError):
@@ -165,7 +261,7 @@ def _open_regular(path: str, noun: str = "file") -> BinaryIO:
 def _read_file(path: str) -> ImageRecord:
     try:
         with _open_regular(path) as f:
-            return ImageRecord(path=path, data=f.read())
+            return ImageRecord(path=printable_name(path), data=f.read())
     except _SourceError as e:
         return _error(path, e.kind, e.message)
     except OSError as e:  # I/O errors while reading
@@ -197,7 +293,7 @@ class FileSource(Source):
     def records(self, skip_key: KeyFilter | None = None) -> Iterator[ImageRecord]:
         """Yield the one record of this file (an error record when it cannot be read)."""
         path = os.path.abspath(self.path)
-        if skip_key is not None and skip_key(path, None):
+        if skip_key is not None and skip_key(printable_name(path), None):
             return
         yield _read_file(path)
 
@@ -234,7 +330,7 @@ class DirSource(Source):
             if is_dir:
                 yield from self._walk(entry.path, skip_key)
             elif has_image_extension(entry.name):  # _read_file reports what is not a file
-                if skip_key is not None and skip_key(entry.path, None):
+                if skip_key is not None and skip_key(printable_name(entry.path), None):
                     continue
                 yield _read_file(entry.path)
 
@@ -259,18 +355,25 @@ class TarSource(Source):
         except _SourceError as e:
             yield _error(path, e.kind, e.message)
             return
+        shown = printable_name(path)
         member_name: str | None = None
         try:
-            with fileobj, tarfile.open(fileobj=fileobj, mode="r|*") as tar:
+            with (
+                fileobj,
+                tarfile.open(
+                    fileobj=fileobj, mode="r|*", encoding="utf-8", errors="surrogateescape"
+                ) as tar,
+            ):
                 for info in tar:
                     member_name = info.name
                     if not info.isfile() or not has_image_extension(info.name):
                         continue
-                    if skip_key is not None and skip_key(path, info.name):
+                    member = printable_name(info.name)
+                    if skip_key is not None and skip_key(shown, member):
                         continue  # the stream reads past the member's data by itself
                     f = tar.extractfile(info)
                     data = f.read() if f is not None else b""
-                    yield ImageRecord(path=path, member=info.name, data=data)
+                    yield ImageRecord(path=shown, member=member, data=data)
         except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as e:
             # tarfile, gzip, bz2, lzma and zlib raise a mix of these for damaged streams.
             where = f" at member {member_name!r}" if member_name else ""
@@ -315,29 +418,39 @@ class GlobSource(Source):
 
 @dataclass(frozen=True)
 class ListFileSource(Source):
-    """A text file naming one input per line.
+    r"""A text file naming one input per line.
 
     Blank lines and lines starting with ``#`` are skipped; relative paths are resolved against
     the list file's folder (not the working directory), so a list travels with its data.
     Entries are literal paths (no glob expansion, no nested lists): a directory expands, a tar
-    archive streams, anything else is read as an image.
+    archive streams, anything else is read as an image. Lines are file names as bytes
+    (``\n``, ``\r\n`` or ``\r`` ends one), decoded one by one like names from the file
+    system, so a line that is not UTF-8 names its file like any other; a leading UTF-8 byte
+    order mark is dropped. A list holding NUL bytes (UTF-16, a binary file) is not a list.
     """
 
     path: str
 
     def entries(self) -> list[str]:
-        """The absolute paths the list names, in file order."""
-        folder = os.path.dirname(os.path.abspath(self.path))
+        """The absolute paths the list names, in file order (real names, for opening)."""
+        path = os.path.abspath(self.path)
+        folder = os.path.dirname(path)
+        with _open_regular(path, "list file") as f:
+            data = f.read()
+        if b"\0" in data:
+            raise _SourceError(
+                "unreadable",
+                f"list file {path} is not a text file: it holds NUL bytes (UTF-16?); "
+                "write it as UTF-8, one path per line",
+            )
+        if data.startswith(codecs.BOM_UTF8):
+            data = data[len(codecs.BOM_UTF8) :]
         out = []
-        with (
-            _open_regular(os.path.abspath(self.path), "list file") as raw,
-            io.TextIOWrapper(raw, "utf-8") as f,
-        ):
-            for line in f:
-                entry = line.strip()
-                if not entry or entry.startswith("#"):
-                    continue
-                out.append(os.path.normpath(os.path.join(folder, os.path.expanduser(entry))))
+        for line in data.splitlines():
+            entry = _decode_name(line).strip()
+            if not entry or entry.startswith("#"):
+                continue
+            out.append(os.path.normpath(os.path.join(folder, os.path.expanduser(entry))))
         return out
 
     def records(self, skip_key: KeyFilter | None = None) -> Iterator[ImageRecord]:
@@ -353,6 +466,14 @@ class ListFileSource(Source):
             return
         for entry in entries:
             yield from _literal_source(entry).records(skip_key)
+
+
+def _decode_name(raw: bytes) -> str:
+    """A file name read as bytes, as `os.listdir` would give it (undecodable bytes kept)."""
+    try:
+        return os.fsdecode(raw)
+    except UnicodeDecodeError:  # a platform whose file system encoding is strict
+        return raw.decode("utf-8", "surrogateescape")
 
 
 def _is_tar(path: str) -> bool:
