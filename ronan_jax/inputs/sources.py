@@ -39,6 +39,7 @@ import codecs
 import glob
 import lzma
 import os
+import posixpath
 import re
 import stat
 import tarfile
@@ -339,10 +340,23 @@ class DirSource(Source):
 class TarSource(Source):
     """Image members of a tar archive (WebDataset-style shard), read as a stream.
 
-    Opened with mode ``'r|*'``: plain, gzip, bzip2 or xz, never extracted to disk and never
-    seeked, so a shard can be arbitrarily large. Members are yielded in archive order;
-    non-file members and members without an image extension (``.json``, ``.cls``, ...) are
-    passed over. A damaged archive yields an error record at the point of damage and ends.
+    Opened with mode ``'r|*'``: plain, gzip, bzip2 or xz, never extracted to disk, so a shard
+    can be arbitrarily large. Members are yielded in archive order; members without an image
+    extension (``.json``, ``.cls``, ...) and directories are passed over. Every other member
+    gets a record:
+
+    * a regular file: its bytes;
+    * a hard link: the bytes of the latest earlier member of the name it links to (as
+      ``tarfile.extractfile`` reads it), read again from the archive (a plain tar is seeked,
+      a compressed one streamed a second time); a link to nothing earlier is ``not-a-file``;
+    * a symbolic link, a device, a FIFO: ``not-a-file``, naming what it is (links inside an
+      archive are not followed).
+
+    Member names are `printable_name`s. A name met again in the same archive is reported as
+    ``NAME#k``, k = 2, 3, ... in archive order (``a.png``, ``a.png#2``, ``a.png#3``), so each
+    member has its own key, the same on every run (a resume that skips a member does not
+    renumber the rest). No real member can be called ``a.png#2``: that name has no image
+    extension. A damaged archive yields an error record at the point of damage and ends.
     """
 
     path: str
@@ -356,33 +370,156 @@ class TarSource(Source):
             yield _error(path, e.kind, e.message)
             return
         shown = printable_name(path)
+        names = _MemberNames()
+        targets: dict[str, tarfile.TarInfo] = {}  # name -> latest regular member it gives
         member_name: str | None = None
         try:
             with (
                 fileobj,
-                tarfile.open(
-                    fileobj=fileobj, mode="r|*", encoding="utf-8", errors="surrogateescape"
-                ) as tar,
+                _open_tar_stream(fileobj) as tar,
             ):
                 for info in tar:
                     member_name = info.name
-                    if not info.isfile() or not has_image_extension(info.name):
+                    target = _note_target(info, targets)
+                    if info.isdir() or not has_image_extension(info.name):
                         continue
-                    member = printable_name(info.name)
+                    member = names.unique(printable_name(info.name))
                     if skip_key is not None and skip_key(shown, member):
                         continue  # the stream reads past the member's data by itself
-                    f = tar.extractfile(info)
-                    data = f.read() if f is not None else b""
-                    yield ImageRecord(path=shown, member=member, data=data)
-        except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as e:
+                    if _is_data_member(info):
+                        f = tar.extractfile(info)
+                        data = f.read() if f is not None else b""
+                        yield ImageRecord(path=shown, member=member, data=data)
+                    elif info.islnk() and target is not None:
+                        yield _hard_link_record(path, tar, member, target)
+                    else:
+                        yield _error(
+                            path, "not-a-file", _member_problem(path, member, info), member=member
+                        )
+        except _DAMAGE as e:
             # tarfile, gzip, bz2, lzma and zlib raise a mix of these for damaged streams.
-            where = f" at member {member_name!r}" if member_name else ""
+            where = f" at member {printable_name(member_name)!r}" if member_name else ""
             yield _error(
                 path,
                 "corrupt-archive",
                 f"damaged tar archive {path}{where}: {type(e).__name__}: {e}",
                 member=None,
             )
+
+
+def _open_tar_stream(fileobj: BinaryIO) -> tarfile.TarFile:
+    """A forward-only reader of any tar flavour; names decoded as UTF-8 whatever the locale,
+    undecodable bytes kept (``surrogateescape``) for `printable_name`."""
+    return tarfile.open(fileobj=fileobj, mode="r|*", encoding="utf-8", errors="surrogateescape")
+
+
+_DAMAGE = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError)
+
+
+class _MemberNames:
+    """Gives each member of one archive its own name: repeats become ``NAME#k``."""
+
+    def __init__(self) -> None:
+        self._given: set[str] = set()
+        self._next: dict[str, int] = {}
+
+    def unique(self, name: str) -> str:
+        """`name` the first time; afterwards ``name#k``, the smallest k >= 2 still free."""
+        if name not in self._given:
+            self._given.add(name)
+            return name
+        k = self._next.get(name, 2)
+        while f"{name}#{k}" in self._given:
+            k += 1
+        self._next[name] = k + 1
+        self._given.add(f"{name}#{k}")
+        return f"{name}#{k}"
+
+
+def _is_data_member(info: tarfile.TarInfo) -> bool:
+    """A member whose own bytes are the file: regular, or a type tarfile reads as regular."""
+    return info.isreg() or info.type not in tarfile.SUPPORTED_TYPES
+
+
+def _note_target(
+    info: tarfile.TarInfo, targets: dict[str, tarfile.TarInfo]
+) -> tarfile.TarInfo | None:
+    """Track which regular member each name stands for; return a hard link's target."""
+    key = posixpath.normpath(info.name)
+    if _is_data_member(info):
+        targets[key] = info
+        return None
+    if info.islnk():
+        target = targets.get(posixpath.normpath(info.linkname))
+        if target is not None:
+            targets[key] = target  # a link to this link reads the same bytes
+        else:
+            targets.pop(key, None)
+        return target
+    targets.pop(key, None)  # a later symlink or device of that name shadows the file
+    return None
+
+
+def _member_problem(path: str, member: str, info: tarfile.TarInfo) -> str:
+    where = f"member {member!r} of {path}"
+    if info.issym():
+        return (
+            f"not a regular file: {where} is a symbolic link to {info.linkname!r} "
+            "(links inside an archive are not followed)"
+        )
+    if info.islnk():
+        return (
+            f"not a regular file: {where} is a hard link to {info.linkname!r}, which no "
+            "earlier regular member of the archive provides"
+        )
+    if info.ischr():
+        return f"not a regular file: {where} is a character device"
+    if info.isblk():
+        return f"not a regular file: {where} is a block device"
+    if info.isfifo():
+        return f"not a regular file: {where} is a FIFO (named pipe)"
+    return f"not a regular file: {where} has tar type {info.type!r}"
+
+
+def _hard_link_record(
+    path: str, tar: tarfile.TarFile, member: str, target: tarfile.TarInfo
+) -> ImageRecord:
+    """The record of hard-link member `member`: the bytes of `target`, read again."""
+    try:
+        data = _read_member_again(path, tar, target)
+    except _DAMAGE as e:
+        return _error(
+            path,
+            "unreadable",
+            f"cannot read member {target.name!r} of {path}, the target of hard link "
+            f"{member!r}: {type(e).__name__}: {e}",
+            member=member,
+        )
+    return ImageRecord(path=printable_name(path), member=member, data=data)
+
+
+def _read_member_again(path: str, tar: tarfile.TarFile, target: tarfile.TarInfo) -> bytes:
+    """`target`'s bytes from a second handle on the archive, leaving `tar`'s stream alone.
+
+    A plain tar is read at the member's offset; a compressed one (or a sparse member) is
+    streamed again up to it, which costs a pass over the archive per hard link.
+    """
+    plain = getattr(tar.fileobj, "comptype", None) == "tar"
+    with _open_regular(path) as f:
+        if plain and not target.issparse():
+            f.seek(target.offset_data)
+            data = f.read(target.size)
+            if len(data) != target.size:
+                raise tarfile.ReadError("unexpected end of data")
+            return data
+        with _open_tar_stream(f) as again:
+            for info in again:
+                if info.offset_data == target.offset_data and info.name == target.name:
+                    member = again.extractfile(info)
+                    return member.read() if member is not None else b""
+                if info.offset > target.offset:
+                    break
+    raise tarfile.ReadError(f"member {target.name!r} not found on a second pass")
 
 
 @dataclass(frozen=True)
