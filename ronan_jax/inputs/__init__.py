@@ -15,6 +15,7 @@ from ronan_jax.inputs.decode import (
 )
 from ronan_jax.inputs.sources import (
     IMAGE_EXTENSIONS,
+    SOURCE_ERROR_KINDS,
     DirSource,
     FileSource,
     GlobSource,
@@ -23,6 +24,8 @@ from ronan_jax.inputs.sources import (
     Source,
     TarSource,
     iter_records,
+    printable_name,
+    real_name,
     source_for,
 )
 
@@ -30,6 +33,7 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "ERROR_KINDS",
     "IMAGE_EXTENSIONS",
+    "SOURCE_ERROR_KINDS",
     "Batch",
     "Batcher",
     "DecodedImage",
@@ -45,6 +49,8 @@ __all__ = [
     "decode_image",
     "image_to_array",
     "iter_records",
+    "printable_name",
+    "real_name",
     "sha256",
     "source_for",
 ]

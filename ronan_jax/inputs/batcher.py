@@ -42,7 +42,7 @@ class Item:
 
     `index` is the record's position in the input stream (skipped records count), so the
     caller can restore the total order of `Batch.items` and `Batch.failed`. `error_kind` is a
-    source kind (``not-found``, ``unreadable``, ``corrupt-archive``), a decode kind
+    source kind (`ronan_jax.inputs.sources.SOURCE_ERROR_KINDS`), a decode kind
     (`ronan_jax.inputs.decode.ERROR_KINDS`) or ``internal`` for an unexpected failure.
     """
 
