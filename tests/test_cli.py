@@ -321,6 +321,9 @@ def fake_zoo(world: TinyWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     data = json.loads(world.profile.read_text())
     data["model"].pop("spec")
     data["reference"].pop("spec")
+    from ronan_jax.attribution.profile_integrity import digest
+
+    data["digest"] = digest(data)  # an edit made by the profile's owner: sealed again
     (profiles / "dcgan-mnist.json").write_text(json.dumps(data))
     return profiles
 
@@ -365,6 +368,7 @@ def test_demo_runs_end_to_end(fake_zoo, world, tmp_path):
 
 def test_audit_warns_when_the_profile_holds_a_failed_inversion(world, data, tmp_path, audited):
     from ronan_jax.attribution.profile import belonging_stats
+    from ronan_jax.attribution.profile_integrity import digest
 
     assert "Warning:" not in audited[2]  # the tiny world's own profile is sound
     prof = json.loads(Path(world.profile).read_text())
@@ -374,6 +378,7 @@ def test_audit_warns_when_the_profile_holds_a_failed_inversion(world, data, tmp_
     if prof.get("ref_losses") is not None:
         prof["ref_losses"] = prof["ref_losses"] + [1.0 / cal[-1]]
     failed = tmp_path / "failed.json"
+    prof["digest"] = digest(prof)
     failed.write_text(json.dumps(prof))
     args = audit_args(world, tmp_path / "w.sqlite", data / "good" / "belonging")
     args[args.index("--profile") + 1] = failed
