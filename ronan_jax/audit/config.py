@@ -185,6 +185,7 @@ class AuditSummary:
     steps_run: int = 0
     steps_budget: int = 0
     batch_sizing: dict[str, Any] = dataclasses.field(default_factory=dict)
+    repeated: int = 0  # of ``skipped``: inputs named twice in this run (judged once)
 
     @classmethod
     def from_counts(cls, counts: AuditCounts, *, wall_s: float, **fields: Any) -> AuditSummary:

@@ -26,8 +26,9 @@ def resume_keys(store: ResultStore, config_key: str) -> set[tuple[str, str]]:
 
 class InputFilter:
     """The batcher's skip predicate: drops inputs another process owns, inputs already done
-    and inputs met before in this run, counting the last two as ``skipped``. Called from the
-    batcher's feeder thread; read ``skipped`` from any thread."""
+    and inputs met before in this run, counting the last two as ``skipped`` (of which
+    ``repeated``: named twice in this run). Called from the batcher's feeder thread; read the
+    counts from any thread."""
 
     def __init__(self, done: set[tuple[str, str]], shard: ProcessShard | None = None) -> None:
         self._done = done
@@ -35,6 +36,7 @@ class InputFilter:
         self._seen: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         self.skipped = 0
+        self.repeated = 0
 
     def __call__(self, path: str, member: str | None) -> bool:
         if self._shard is not None and not self._shard.owns(path, member):
@@ -43,6 +45,7 @@ class InputFilter:
         with self._lock:
             if key in self._done or key in self._seen:
                 self.skipped += 1
+                self.repeated += key in self._seen
                 return True
             self._seen.add(key)
         return False

@@ -117,7 +117,7 @@ def run_audit(
                 break
     return AuditSummary.from_counts(
         counts, wall_s=time.perf_counter() - t_start, run_id=run.run_id,
-        config_key=run.config_key, db_path=os.path.abspath(store.path), skipped=skip.skipped,
+        config_key=run.config_key, db_path=os.path.abspath(store.path), skipped=skip.skipped, repeated=skip.repeated,
         stopped=stopped, totals=store.count_by_verdict(run.config_key),
         evidence_dir=None if folder is None else str(folder), batch_sizing=sizer.to_dict(),
     )

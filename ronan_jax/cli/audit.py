@@ -179,8 +179,11 @@ def summary_paragraph(summary: AuditSummary, model: str, settings: str) -> str:
         f"({settings}) in {summary.wall_s:.1f} s ({summary.images_per_s:.2f} judged images/s): "
         f"{summary.belonging} belonging, {summary.non_belonging} non-belonging, {errors}."
     ]
-    if summary.skipped:
-        parts.append(f"{plural(summary.skipped, 'input')} already done were skipped (resume).")
+    done_before = summary.skipped - summary.repeated
+    if done_before:
+        parts.append(f"{plural(done_before, 'input')} already done were skipped (resume).")
+    if summary.repeated:
+        parts.append(f"{plural(summary.repeated, 'input')} named twice were judged once.")
     if summary.steps_budget:
         parts.append(summary.work.describe())
     t = summary.totals
