@@ -22,6 +22,15 @@ thread; give each process or thread its own.
 
 The store knows nothing about images or models: rows are plain dicts with the keys in
 `ROW_KEYS`; ``path`` and ``verdict`` are required, the rest default to NULL.
+
+Text is always stored as valid UTF-8, by one rule (`escape_text`): an undecodable byte --
+what ``os.fsdecode`` turns into a lone surrogate U+DC80..U+DCFF -- is written ``\\xNN``
+(its two hex digits), any other lone surrogate ``\\uNNNN``; valid text is unchanged.
+``bad\\udcffname.png`` is stored ``bad\\xffname.png``, which names the original bytes. The
+rule applies to every TEXT value written (bytes values and bytes paths included), and to
+invalid UTF-8 read from a database another tool wrote, so one row's name never costs a
+batch and reading never fails on it. The run configuration is JSON: there a lone surrogate
+is JSON's own ``\\udcff`` escape and reads back exactly.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ import hashlib
 import json
 import operator
 import os
+import re
 import sqlite3
 import uuid
 from collections.abc import Collection, Iterable, Iterator, Mapping
@@ -165,6 +175,30 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _escape_surrogate(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+
+def escape_text(text: str | bytes) -> str:
+    """`text` as valid UTF-8 text, by the store's one escaping rule (see the module
+    docstring): undecodable bytes (lone surrogates U+DC80..U+DCFF, or invalid UTF-8 in
+    bytes) become ``\\xNN``, other lone surrogates ``\\uNNNN``; valid text is unchanged."""
+    if isinstance(text, bytes):
+        return text.decode("utf-8", "backslashreplace")
+    if text.isascii():
+        return text
+    return _SURROGATE.sub(_escape_surrogate, text)
+
+
+def _decode_text(raw: bytes) -> str:
+    """Text read from SQLite: invalid UTF-8 (written by another tool) by the same rule."""
+    return raw.decode("utf-8", "backslashreplace")
+
+
 def _json_default(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return dataclasses.asdict(obj)
@@ -179,10 +213,17 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"cannot store {type(obj).__name__} in a run configuration")
 
 
+def _json_surrogate(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
 def canonical_json(obj: Any) -> str:
-    """Deterministic JSON: sorted keys, no whitespace, no NaN; dataclasses become dicts."""
+    """Deterministic JSON: sorted keys, no whitespace, no NaN; dataclasses become dicts.
+
+    A lone surrogate (an undecodable file-name byte) is written as a JSON ``\\uNNNN``
+    escape, so the text is valid UTF-8 and ``json.loads`` gives the same object back."""
     try:
-        return json.dumps(
+        text = json.dumps(
             obj,
             sort_keys=True,
             separators=(",", ":"),
@@ -192,6 +233,7 @@ def canonical_json(obj: Any) -> str:
         )
     except (TypeError, ValueError) as e:
         raise StoreError(f"configuration is not JSON-serialisable: {e}") from e
+    return text if text.isascii() else _SURROGATE.sub(_json_surrogate, text)
 
 
 def make_config_key(
@@ -216,10 +258,10 @@ def _coerce(name: str, decl: str, value: Any) -> Any:
     if isinstance(value, _dt.datetime):
         return value.isoformat()
     if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if not isinstance(value, str):
+        value = os.fspath(value)
+    if not isinstance(value, str | bytes):
         raise TypeError(f"column {name} takes text, got {type(value).__name__}")
-    return value
+    return escape_text(value)
 
 
 def _row_values(config_key: str, row: Mapping[str, Any], run_id: str | None) -> list[Any]:
@@ -255,6 +297,7 @@ _UPSERT = (
 
 def _connect(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+    conn.text_factory = _decode_text
     conn.execute("PRAGMA busy_timeout = 30000")
     return conn
 
