@@ -1,5 +1,6 @@
 """Which run a report shows, and the facts about it the report lists (model, reference,
-profile, settings, results key, work done). Reads the store; never imports JAX."""
+profile, settings, results key, work done). Reads the store read-only (a report never
+changes its database); never imports JAX."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ class RunSelectionError(ValueError):
 def pick_run(db: str | os.PathLike[str], run: str | None = None) -> tuple[RunInfo, list[RunInfo]]:
     """The run whose results to show (``run``: an id or results-key prefix; default the
     latest) and every run of the database."""
-    with ResultStore(db) as store:
+    with ResultStore(db, readonly=True) as store:
         runs = store.runs()
     if not runs:
         raise RunSelectionError(f"{db} holds no audit runs")
@@ -35,7 +36,7 @@ def pick_run(db: str | os.PathLike[str], run: str | None = None) -> tuple[RunInf
 
 def work_note(db: str | os.PathLike[str], config_key: str) -> str | None:
     """The telemetry of every run of ``config_key`` in one sentence (None without any)."""
-    with ResultStore(db) as store:
+    with ResultStore(db, readonly=True) as store:
         work = summarize(store.iter_telemetry(config_key))
     return work.describe() if work.steps_budget else None
 

@@ -14,7 +14,7 @@ from ronan_jax.results.store import ResultStore, RunInfo
 
 def report_rows(db: str | os.PathLike[str], chosen: RunInfo) -> list[dict[str, Any]]:
     """Every result row of ``chosen``'s settings."""
-    with ResultStore(db) as store:
+    with ResultStore(db, readonly=True) as store:
         return list(store.iter_results(chosen.config_key))
 
 

@@ -44,6 +44,7 @@ import operator
 import os
 import re
 import sqlite3
+import urllib.parse
 import uuid
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -295,55 +296,151 @@ _UPSERT = (
 )
 
 
-def _connect(path: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _uri(path: str, **params: str) -> str:
+    """An SQLite URI naming `path` exactly (any byte in its name, ``?`` and ``#`` too)."""
+    uri = "file:" + urllib.parse.quote(os.fsencode(os.path.abspath(path)))
+    return uri + ("?" + urllib.parse.urlencode(params) if params else "")
+
+
+def _writable(path: str) -> bool:
+    """Whether this process may write `path` and its folder (where SQLite puts -wal/-shm)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    return os.access(path, os.W_OK) and os.access(folder, os.W_OK)
+
+
+def readonly_uri(path: str | os.PathLike[str]) -> str:
+    """The SQLite URI that reads `path` and writes nothing: ``mode=ro``, plus ``immutable=1``
+    where this process cannot write the file or its folder (read-only media: no lock, no
+    -wal or -shm file) -- unless a non-empty -wal file is there, whose rows immutable would
+    skip. Where the folder is writable SQLite may create the -wal/-shm companions of a WAL
+    database, as for any reader; the database file itself is never written."""
+    path = os.fspath(path)
+    wal = path + "-wal"
+    if _writable(path) or (os.path.isfile(wal) and os.path.getsize(wal) > 0):
+        return _uri(path, mode="ro")
+    return _uri(path, mode="ro", immutable="1")
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception's message on one line."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _check_file(path: str, name: str) -> None:
+    """Refuse, without opening it in SQLite, what cannot be a results database."""
+    if os.path.isdir(path):
+        raise StoreError(f"{name} is a folder, not a file")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(_SQLITE_MAGIC))
+    except FileNotFoundError:
+        raise StoreError(f"no such results database: {name}") from None
+    except OSError as e:
+        raise StoreError(f"cannot read results database {name}: {_reason(e)}") from e
+    if not head:
+        raise StoreError(f"{name} is an empty file, not a results database")
+    if head != _SQLITE_MAGIC:
+        raise StoreError(f"{name} is not an SQLite file, so not a results database")
+
+
+def _connect(target: str) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), URIs understood (so
+    ATTACH can open a shard read-only), invalid UTF-8 read by the escaping rule."""
+    conn = sqlite3.connect(target, isolation_level=None, timeout=30.0, uri=True)
     conn.text_factory = _decode_text
     conn.execute("PRAGMA busy_timeout = 30000")
     return conn
+
+
+def _tables(conn: sqlite3.Connection) -> set[str]:
+    return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def _schema_version(conn: sqlite3.Connection, name: str, tables: set[str]) -> int:
+    """The results schema version of an open database, refusing one that is not a results
+    database or is of a version this code does not read."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version == 0 or not {"runs", "results"} <= tables:
+        raise StoreError(f"{name} is an SQLite file but not a results database")
+    if version not in READABLE_VERSIONS:
+        raise SchemaVersionError(
+            f"{name} has results schema version {version}; this ronan-jax reads version "
+            f"{SCHEMA_VERSION}"
+        )
+    return version
 
 
 class ResultStore:
     """A results database (created on first use); use as a context manager.
 
     ``with ResultStore("audit.db") as store: run = store.start_run(config); ...``
+
+    ``readonly=True`` opens an existing database to read it (``ronan report``, ``ronan
+    export``, merge's shards) and changes nothing: no journal-mode switch, no tables created
+    or upgraded, SQLite's ``mode=ro`` (``immutable=1`` on read-only media, see
+    `readonly_uri`); a file that is not a results database is refused with StoreError
+    naming it, and writing methods raise StoreError. A writable open also checks the file
+    before it changes anything (it switches a new database to WAL only after that).
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False) -> None:
         self.path = os.fspath(path)
+        self.readonly = readonly
+        self._name = escape_text(self.path)
+        memory = self.path == ":memory:"
+        if readonly or (not memory and os.path.exists(self.path)
+                        and (os.path.isdir(self.path) or os.path.getsize(self.path) > 0)):
+            _check_file(self.path, self._name)
+        conn = None
         try:
-            self._conn = _connect(self.path)
-            self._conn.execute("PRAGMA journal_mode = WAL")
-            self._conn.execute("PRAGMA synchronous = NORMAL")  # with WAL: atomic, still durable
-            self._ensure_schema()
-        except sqlite3.Error as e:
-            raise StoreError(f"cannot open results database {self.path}: {e}") from e
+            if readonly:
+                conn = _connect(readonly_uri(self.path))
+                tables = _tables(conn)
+                _schema_version(conn, self._name, tables)
+            else:
+                conn = _connect(self.path if memory else _uri(self.path))
+                tables = self._ensure_schema(conn)
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")  # with WAL: atomic, still durable
+        except BaseException as e:
+            if conn is not None:
+                conn.close()
+            if isinstance(e, sqlite3.Error):
+                raise StoreError(
+                    f"cannot open results database {self._name}: {_reason(e)}"
+                ) from e
+            raise
+        self._conn = conn
+        self._has_telemetry = "telemetry" in tables
 
-    def _ensure_schema(self) -> None:
-        conn = self._conn
+    def _ensure_schema(self, conn: sqlite3.Connection) -> set[str]:
+        """Create the tables of a new database, or upgrade an older schema; return the
+        tables. Nothing is written to a file that turns out not to be a results database."""
         conn.execute("BEGIN IMMEDIATE")
         try:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
-                tables = conn.execute(
-                    "SELECT name FROM sqlite_master WHERE type = 'table'"
-                ).fetchall()
-                if tables:
-                    raise StoreError(f"{self.path} is an SQLite file but not a results database")
+            tables = _tables(conn)
+            if conn.execute("PRAGMA user_version").fetchone()[0] == 0 and not tables:
                 _execute_script(conn, _SCHEMA)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif version == 1:  # schema 2 only adds the telemetry table
-                _execute_script(conn, _TELEMETRY_SCHEMA)
+            elif _schema_version(conn, self._name, tables) < SCHEMA_VERSION or (
+                "telemetry" not in tables
+            ):  # schema 2 only adds the telemetry table
+                if "telemetry" not in tables:
+                    _execute_script(conn, _TELEMETRY_SCHEMA)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif version != SCHEMA_VERSION:
-                raise SchemaVersionError(
-                    f"{self.path} has results schema version {version}; this ronan-jax "
-                    f"reads version {SCHEMA_VERSION}"
-                )
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
-            self._conn.close()
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
+        return _tables(conn)
+
+    def _require_writable(self) -> None:
+        if self.readonly:
+            raise StoreError(f"{self._name} was opened read-only")
 
     # -- lifecycle -------------------------------------------------------------------------
     def close(self) -> None:
@@ -369,6 +466,7 @@ class ResultStore:
         A run with the same result-affecting settings as an earlier one gets the same
         `config_key`, so `done_keys` of that key tells it what is already done.
         """
+        self._require_writable()
         config_json = canonical_json(config)
         key = make_config_key(config, non_key_fields)
         info = RunInfo(run_id or uuid.uuid4().hex, key, utc_now(), json.loads(config_json))
@@ -387,6 +485,10 @@ class ResultStore:
             "SELECT run_id, config_key, created, config_json FROM runs ORDER BY created, rowid"
         ).fetchall()
         return [RunInfo(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+
+    def result_keys(self) -> set[str]:
+        """Every results key that has result rows (with or without a run)."""
+        return {k for (k,) in self._conn.execute("SELECT DISTINCT config_key FROM results")}
 
     def _require_run(self, config_key: str) -> None:
         found = self._conn.execute(
@@ -420,6 +522,7 @@ class ResultStore:
         A row for an image already stored replaces it (no duplicates). `run_id` fills rows
         that do not name their run.
         """
+        self._require_writable()
         rows = list(rows)
         if not rows:
             return 0
@@ -465,6 +568,7 @@ class ResultStore:
     def write_telemetry(self, run_id: str, config_key: str, record: Mapping[str, Any]) -> None:
         """Store what one batch of run ``run_id`` cost (keys in `TELEMETRY_KEYS`; ``batch``
         required); a record for the same (run, batch) replaces it."""
+        self._require_writable()
         unknown = set(record) - set(TELEMETRY_KEYS)
         if unknown or record.get("batch") is None:
             raise StoreError(
@@ -490,7 +594,10 @@ class ResultStore:
         self, config_key: str | None = None, *, run_id: str | None = None
     ) -> list[dict[str, Any]]:
         """Telemetry rows (``run_id``, ``config_key`` plus `TELEMETRY_KEYS`) in the order
-        they were recorded, optionally of one results key or one run."""
+        they were recorded, optionally of one results key or one run (none in a
+        schema-1 database opened read-only)."""
+        if not self._has_telemetry:
+            return []
         where, params = [], []
         for name, value in (("config_key", config_key), ("run_id", run_id)):
             if value is not None:
@@ -517,12 +624,15 @@ class ResultStore:
     def copy_from(self, src: str | os.PathLike[str]) -> int:
         """Copy the runs, results and telemetry of the database ``src`` into this one in one
         transaction; return the result rows written. A row for an image already present
-        replaces it unless that would replace a real verdict with an error. Callers check
-        first that both hold the same settings (:func:`ronan_jax.results.merge.merge`)."""
+        replaces it unless that would replace a real verdict with an error. ``src`` is read
+        read-only (`readonly_uri`). Callers check first that both hold the same settings
+        (:func:`ronan_jax.results.merge.merge`)."""
+        self._require_writable()
         conn = self._conn
         src = os.fspath(src)
+        _check_file(src, escape_text(src))
         copied = 0
-        conn.execute("ATTACH DATABASE ? AS shard", (src,))
+        conn.execute("ATTACH DATABASE ? AS shard", (readonly_uri(src),))
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:

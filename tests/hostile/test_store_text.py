@@ -83,7 +83,8 @@ def test_invalid_utf8_written_by_another_tool_reads_escaped(tmp_path):
         conn.execute("INSERT INTO results (config_key, path, member, verdict, error) "
                      "VALUES (?, CAST(x'2f642f62ff2e706e67' AS TEXT), '', 'error', "
                      "CAST(x'6375ff74' AS TEXT))", (key,))
-    with ResultStore(db) as store:
+    conn.close()
+    with ResultStore(db, readonly=True) as store:
         (row,) = store.iter_results(key)
         assert store.done_keys(key) == {("/d/b\\xff.png", "")}
     assert (row["path"], row["error"]) == ("/d/b\\xff.png", "cu\\xfft")
@@ -96,7 +97,7 @@ def test_export_and_merge_carry_escaped_text(tmp_path):
         store.write_batch(key, [{"path": BAD, "verdict": "belonging"}])
     merged = tmp_path / "all.db"
     assert merge(merged, [shard]) == 1
-    with ResultStore(merged) as store:
+    with ResultStore(merged, readonly=True) as store:
         rows = list(store.iter_results(key))
     out = io.StringIO()
     assert export_rows(rows, "csv", out) == 1
