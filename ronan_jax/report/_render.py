@@ -25,7 +25,7 @@ from ronan_jax.report._summary import (
     label_key,
     roc_curve,
 )
-from ronan_jax.results.store import escape_text
+from ronan_jax.results.store import checked_row, escape_text
 
 _TEMPLATES = Path(__file__).resolve().parent / "templates"
 _CSS_PX_PER_INCH = 96
@@ -315,7 +315,7 @@ def render_report(
     """
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
-    rows = list(rows)
+    rows = [checked_row(row) for row in rows]  # an invalid row is listed as an error
     summary = compute_summary(rows, labels)
     prof = _profile_view(profile)
     ok_rows = [r for r in rows if r["verdict"] != ERROR]

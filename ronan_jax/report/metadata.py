@@ -5,6 +5,7 @@ changes its database); never imports JAX."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,18 +42,30 @@ def work_note(db: str | os.PathLike[str], config_key: str) -> str | None:
     return work.describe() if work.steps_budget else None
 
 
+def _mapping(value: Any) -> Mapping[str, Any]:
+    """``value`` when it is a mapping, else ``{}`` (a configuration another tool wrote)."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def _identity(value: Any) -> str:
+    """A model's name and weights hash as the report lists them."""
+    if isinstance(value, Mapping):
+        return f"{value.get('name')} ({str(value.get('param_hash'))[:12]})"
+    return "unknown" if value is None else str(value)
+
+
 def run_metadata(db: str | os.PathLike[str], chosen: RunInfo, runs: list[RunInfo]) -> dict[str, Any]:
-    """The report's table of facts about ``chosen`` (one of ``runs``, all in ``db``)."""
+    """The report's table of facts about ``chosen`` (one of ``runs``, all in ``db``); an
+    entry the run's configuration lacks is shown as unknown, never a failure."""
     config = chosen.config
-    info = config.get("info") or {}
+    info = _mapping(config.get("info"))
     ref = config.get("reference")
     meta = {
         "database": str(Path(db).absolute()),
-        "model": f"{config['model'].get('name')} ({str(config['model'].get('param_hash'))[:12]})",
+        "model": _identity(config.get("model")),
         "model spec": info.get("model_spec"),
-        "reference": "none (uncalibrated)" if not ref
-        else f"{ref.get('name')} ({str(ref.get('param_hash'))[:12]})",
-        "profile": f"{info.get('profile_path', '')} (id {config.get('profile', {}).get('id')})",
+        "reference": "none (uncalibrated)" if not ref else _identity(ref),
+        "profile": f"{info.get('profile_path', '')} (id {_mapping(config.get('profile')).get('id')})",
         "settings": config.get("settings"),
         "resize": config.get("resize"),
         "results key": chosen.config_key,
@@ -67,6 +80,8 @@ def run_metadata(db: str | os.PathLike[str], chosen: RunInfo, runs: list[RunInfo
 
 
 def run_profile(chosen: RunInfo) -> dict[str, Any] | None:
-    """The profile a run judged with, as recorded (the whole profile when the run kept it)."""
+    """The profile a run judged with, as recorded (the whole profile when the run kept it);
+    None when the run recorded none."""
     config = chosen.config
-    return (config.get("info") or {}).get("profile") or config.get("profile")
+    profile = _mapping(config.get("info")).get("profile") or config.get("profile")
+    return dict(profile) if isinstance(profile, Mapping) else None

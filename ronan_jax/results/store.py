@@ -31,6 +31,15 @@ rule applies to every TEXT value written (bytes values and bytes paths included)
 invalid UTF-8 read from a database another tool wrote, so one row's name never costs a
 batch and reading never fails on it. The run configuration is JSON: there a lone surrogate
 is JSON's own ``\\udcff`` escape and reads back exactly.
+
+A row the store cannot read as a result -- its verdict is NULL, not text or not one of
+`VERDICTS`, or it has no path (a hand-edited database, one another tool wrote, rows slipped
+past the CHECK constraint) -- is *invalid*, and one rule covers it everywhere: it reads as an
+error of kind `INVALID_ROW` naming what was stored (`iter_results`, `checked_row`), counts as
+an error (`count_by_verdict`) and is never done (`done_keys`), so an audit judges the image
+again and its row replaces the invalid one; a merge copies it as such an error row (a row
+without a path cannot be keyed and is left out). Values of the wrong storage class (bytes in
+any column, text in a number column) read as text, never as bytes.
 """
 
 from __future__ import annotations
@@ -50,7 +59,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ronan_jax.attribution.verdicts import ERROR, VERDICTS
+from ronan_jax.attribution.verdicts import BELONGING, ERROR, NON_BELONGING, VERDICTS
 
 SCHEMA_VERSION = 2
 READABLE_VERSIONS: tuple[int, ...] = (1, 2)
@@ -94,6 +103,14 @@ _RESULT_COLUMNS: tuple[tuple[str, str], ...] = (
 ROW_KEYS: tuple[str, ...] = tuple(name for name, _ in _RESULT_COLUMNS)
 """Keys a result row may have (``write_batch``); ``path`` and ``verdict`` are required."""
 _REQUIRED = ("path", "verdict")
+
+INVALID_ROW = "invalid-row"
+"""The error kind of a row the store cannot read as a result (see the module docstring)."""
+
+_VERDICT_LIST = ", ".join(f"'{v}'" for v in VERDICTS)
+# Whether a stored row is a result (NULL-safe: a NULL verdict is invalid, not unknown).
+_VALID_SQL = f"(path IS NOT NULL AND COALESCE(verdict IN ({_VERDICT_LIST}), 0))"
+_VERDICT_SQL = f"CASE WHEN {_VALID_SQL} THEN verdict ELSE '{ERROR}' END"
 
 # The telemetry columns after (run_id, config_key, batch): name and SQL type.
 _TELEMETRY_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -218,6 +235,15 @@ def _json_surrogate(match: re.Match[str]) -> str:
     return f"\\u{ord(match.group()):04x}"
 
 
+def _config(text: str | None) -> dict[str, Any]:
+    """A stored run configuration; ``{}`` for one that is not a JSON object."""
+    try:
+        config = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
 def canonical_json(obj: Any) -> str:
     """Deterministic JSON: sorted keys, no whitespace, no NaN; dataclasses become dicts.
 
@@ -287,6 +313,75 @@ def _row_values(config_key: str, row: Mapping[str, Any], run_id: str | None) -> 
 
 
 _COLUMN_LIST = ", ".join(("config_key", *ROW_KEYS))
+
+
+def _read_expr(name: str, decl: str) -> str:
+    """How a results column is read: text columns as text, bytes in a number column as
+    text; the verdict as stored, so `checked_row` sees exactly what is there."""
+    if name == "verdict":
+        return name
+    if decl.split()[0] == "TEXT":
+        return f"CAST({name} AS TEXT)"
+    return f"CASE WHEN typeof({name}) = 'blob' THEN CAST({name} AS TEXT) ELSE {name} END"
+
+
+_READ_LIST = ", ".join(
+    ["CAST(config_key AS TEXT)", *(_read_expr(name, decl) for name, decl in _RESULT_COLUMNS)]
+)
+_TELEMETRY_READ = ", ".join(
+    _read_expr(name, decl)
+    for name, decl in (("run_id", "TEXT"), ("config_key", "TEXT"), ("batch", "INTEGER"),
+                       *_TELEMETRY_COLUMNS)
+)
+# An invalid row as merge copies it: an error of kind INVALID_ROW, worded as checked_row does.
+_COPY_LIST = ", ".join(
+    [
+        "config_key",
+        *(
+            {
+                "member": "COALESCE(CAST(member AS TEXT), '')",
+                "verdict": _VERDICT_SQL,
+                "error_kind": f"CASE WHEN {_VALID_SQL} THEN error_kind ELSE '{INVALID_ROW}' END",
+                "error": f"CASE WHEN {_VALID_SQL} THEN error ELSE 'invalid row: verdict ' || "
+                f"quote(verdict) || ' is not one of {', '.join(VERDICTS)}' || "
+                "COALESCE(' (stored error: ' || error || ')', '') END",
+            }.get(name, name)
+            for name in ROW_KEYS
+        ),
+    ]
+)
+
+
+def _sql_quote(value: Any) -> str:
+    """A stored value as SQLite's ``quote()`` shows it (NULL, 'text', X'hex', a number)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bytes):
+        return f"X'{value.hex().upper()}'"
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    return str(value)
+
+
+def checked_row(row: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`row` as a result: one the store cannot read as one (a verdict that is not one of
+    `VERDICTS`, no path) becomes an error of kind `INVALID_ROW` whose message names what was
+    stored; any other row is returned as it is. `iter_results` and the report apply it."""
+    verdict, path = row.get("verdict"), row.get("path")
+    if path is not None and isinstance(verdict, str) and verdict in VERDICTS:
+        return row
+    reasons = [] if path is not None else ["no path"]
+    if not (isinstance(verdict, str) and verdict in VERDICTS):
+        reasons.append(f"verdict {_sql_quote(verdict)} is not one of {', '.join(VERDICTS)}")
+    error = row.get("error")
+    return {
+        **row,
+        "path": "" if path is None else path,
+        "verdict": ERROR,
+        "error_kind": INVALID_ROW,
+        "error": "invalid row: " + "; ".join(reasons)
+        + (f" (stored error: {error})" if error else ""),
+    }
 _UPSERT_TAIL = "ON CONFLICT (config_key, path, member) DO UPDATE SET " + ", ".join(
     f"{name} = excluded.{name}" for name in ROW_KEYS if name not in _KEY_COLUMNS
 )
@@ -480,15 +575,18 @@ class ResultStore:
         return info
 
     def runs(self) -> list[RunInfo]:
-        """Every run in the database, oldest first."""
+        """Every run in the database, oldest first (a configuration that is not a JSON
+        object, as a hand edit may leave, reads as ``{}``)."""
         rows = self._conn.execute(
-            "SELECT run_id, config_key, created, config_json FROM runs ORDER BY created, rowid"
+            "SELECT CAST(run_id AS TEXT), CAST(config_key AS TEXT), CAST(created AS TEXT), "
+            "CAST(config_json AS TEXT) FROM runs ORDER BY created, rowid"
         ).fetchall()
-        return [RunInfo(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+        return [RunInfo(r[0] or "", r[1] or "", r[2] or "", _config(r[3])) for r in rows]
 
     def result_keys(self) -> set[str]:
         """Every results key that has result rows (with or without a run)."""
-        return {k for (k,) in self._conn.execute("SELECT DISTINCT config_key FROM results")}
+        sql = "SELECT DISTINCT CAST(config_key AS TEXT) FROM results WHERE config_key IS NOT NULL"
+        return {k for (k,) in self._conn.execute(sql)}
 
     def _require_run(self, config_key: str) -> None:
         found = self._conn.execute(
@@ -499,13 +597,17 @@ class ResultStore:
 
     # -- results ---------------------------------------------------------------------------
     def done_keys(self, config_key: str, *, include_errors: bool = True) -> set[tuple[str, str]]:
-        """``(path, member)`` of every image with a row under `config_key` (for resume).
+        """``(path, member)`` of every image with a row under `config_key` (for resume);
+        never an invalid row (see `INVALID_ROW`), so an audit judges that image again.
 
         With ``include_errors=False`` error rows do not count as done, so a resume retries them.
         """
-        sql = "SELECT path, member FROM results WHERE config_key = ?"
+        sql = (
+            "SELECT CAST(path AS TEXT), COALESCE(CAST(member AS TEXT), '') FROM results "
+            f"WHERE config_key = ? AND {_VALID_SQL} AND error_kind IS NOT '{INVALID_ROW}'"
+        )
         if not include_errors:
-            sql += " AND verdict != 'error'"
+            sql += f" AND verdict != '{ERROR}'"
         return {(p, m) for p, m in self._conn.execute(sql, (config_key,))}
 
     def write_batch(
@@ -543,26 +645,33 @@ class ResultStore:
     def iter_results(
         self, config_key: str | None = None, *, verdict: str | None = None
     ) -> Iterator[dict[str, Any]]:
-        """Result rows as dicts (``config_key`` plus `ROW_KEYS`), ordered by key and path."""
+        """Result rows as dicts (``config_key`` plus `ROW_KEYS`), ordered by key and path,
+        optionally of one verdict; an invalid row reads as an error (`checked_row`)."""
         where, params = [], []
         if config_key is not None:
             where.append("config_key = ?")
             params.append(config_key)
-        if verdict is not None:
-            where.append("verdict = ?")
+        if verdict == ERROR:
+            where.append(f"NOT {_VALID_SQL} OR verdict = '{ERROR}'")
+        elif verdict is not None:
+            if verdict not in VERDICTS:
+                raise StoreError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
+            where.append("verdict = ? AND path IS NOT NULL")
             params.append(verdict)
-        sql = f"SELECT {_COLUMN_LIST} FROM results"
+        sql = f"SELECT {_READ_LIST} FROM results"
         if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY config_key, path, member"
+            sql += " WHERE " + " AND ".join(f"({w})" for w in where)
+        sql += " ORDER BY config_key, path, member"  # the table's columns: its unique index
         names = ("config_key", *ROW_KEYS)
         cursor = self._conn.execute(sql, params)
         while chunk := cursor.fetchmany(1024):
             for values in chunk:
                 row = dict(zip(names, values, strict=True))
+                if row["member"] is None:
+                    row["member"] = ""
                 if row["resized"] is not None:
                     row["resized"] = bool(row["resized"])
-                yield row
+                yield dict(checked_row(row))
 
     # -- telemetry -------------------------------------------------------------------------
     def write_telemetry(self, run_id: str, config_key: str, record: Mapping[str, Any]) -> None:
@@ -603,7 +712,7 @@ class ResultStore:
             if value is not None:
                 where.append(f"{name} = ?")
                 params.append(value)
-        sql = f"SELECT {_TELEMETRY_LIST} FROM telemetry"
+        sql = f"SELECT {_TELEMETRY_READ} FROM telemetry"
         if where:
             sql += " WHERE " + " AND ".join(where)
         names = ("run_id", "config_key", *TELEMETRY_KEYS)
@@ -611,20 +720,22 @@ class ResultStore:
         return [dict(zip(names, r, strict=True)) for r in rows]
 
     def count_by_verdict(self, config_key: str | None = None) -> dict[str, int]:
-        """Number of rows per verdict (every verdict present, zero if none)."""
-        sql = "SELECT verdict, COUNT(*) FROM results"
+        """Number of rows per verdict (every verdict present, zero if none); an invalid row
+        counts as an error, as `iter_results` reads it."""
+        sql = f"SELECT {_VERDICT_SQL} AS v, COUNT(*) FROM results"
         params: tuple[str, ...] = ()
         if config_key is not None:
             sql += " WHERE config_key = ?"
             params = (config_key,)
         counts = dict.fromkeys(VERDICTS, 0)
-        counts.update(dict(self._conn.execute(sql + " GROUP BY verdict", params).fetchall()))
+        counts.update(dict(self._conn.execute(sql + " GROUP BY v", params).fetchall()))
         return counts
 
     def copy_from(self, src: str | os.PathLike[str]) -> int:
         """Copy the runs, results and telemetry of the database ``src`` into this one in one
         transaction; return the result rows written. A row for an image already present
-        replaces it unless that would replace a real verdict with an error. ``src`` is read
+        replaces it unless that would replace a real verdict with an error; an invalid row
+        is copied as an error of kind `INVALID_ROW` (one without a path is left out). ``src`` is read
         read-only (`readonly_uri`). Callers check first that both hold the same settings
         (:func:`ronan_jax.results.merge.merge`)."""
         self._require_writable()
@@ -643,9 +754,11 @@ class ResultStore:
                 before = conn.total_changes
                 conn.execute(
                     f"INSERT INTO results ({_COLUMN_LIST}) "
-                    f"SELECT {_COLUMN_LIST} FROM shard.results WHERE true "
+                    f"SELECT {_COPY_LIST} FROM shard.results "
+                    "WHERE config_key IS NOT NULL AND path IS NOT NULL "
                     + _UPSERT_TAIL
-                    + f" WHERE NOT (excluded.verdict = '{ERROR}' AND results.verdict != '{ERROR}')"
+                    + f" WHERE NOT (excluded.verdict = '{ERROR}' "
+                    f"AND results.verdict IN ('{BELONGING}', '{NON_BELONGING}'))"
                 )
                 copied = conn.total_changes - before
                 has_telemetry = conn.execute(
