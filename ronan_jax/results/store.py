@@ -44,6 +44,7 @@ any column, text in a number column) read as text, never as bytes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import enum
@@ -441,13 +442,22 @@ def _check_file(path: str, name: str) -> None:
         raise StoreError(f"{name} is not an SQLite file, so not a results database")
 
 
-def _connect(target: str) -> sqlite3.Connection:
+def _connect(target: str, timeout: float) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit), URIs understood (so
-    ATTACH can open a shard read-only), invalid UTF-8 read by the escaping rule."""
-    conn = sqlite3.connect(target, isolation_level=None, timeout=30.0, uri=True)
+    ATTACH can open a shard read-only), invalid UTF-8 read by the escaping rule, waiting
+    up to `timeout` seconds for another process's lock."""
+    conn = sqlite3.connect(target, isolation_level=None, timeout=timeout, uri=True)
     conn.text_factory = _decode_text
-    conn.execute("PRAGMA busy_timeout = 30000")
+    conn.execute(f"PRAGMA busy_timeout = {max(0, int(timeout * 1000))}")
     return conn
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Undo the open transaction, if SQLite has not already (it does after a full disk);
+    never masks the failure being handled."""
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
 
 
 def _tables(conn: sqlite3.Connection) -> set[str]:
@@ -479,9 +489,16 @@ class ResultStore:
     `readonly_uri`); a file that is not a results database is refused with StoreError
     naming it, and writing methods raise StoreError. A writable open also checks the file
     before it changes anything (it switches a new database to WAL only after that).
+    ``timeout``: seconds to wait for a lock another process holds.
+
+    Every failure of SQLite underneath (disk full, a lock held too long, a damaged file, a
+    closed store) comes out as StoreError with a one-line reason naming the database, never
+    as ``sqlite3.Error``; a batch that fails leaves none of its rows.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, readonly: bool = False, timeout: float = 30.0
+    ) -> None:
         self.path = os.fspath(path)
         self.readonly = readonly
         self._name = escape_text(self.path)
@@ -492,11 +509,11 @@ class ResultStore:
         conn = None
         try:
             if readonly:
-                conn = _connect(readonly_uri(self.path))
+                conn = _connect(readonly_uri(self.path), timeout)
                 tables = _tables(conn)
                 _schema_version(conn, self._name, tables)
             else:
-                conn = _connect(self.path if memory else _uri(self.path))
+                conn = _connect(self.path if memory else _uri(self.path), timeout)
                 tables = self._ensure_schema(conn)
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = NORMAL")  # with WAL: atomic, still durable
@@ -513,7 +530,13 @@ class ResultStore:
 
     def _ensure_schema(self, conn: sqlite3.Connection) -> set[str]:
         """Create the tables of a new database, or upgrade an older schema; return the
-        tables. Nothing is written to a file that turns out not to be a results database."""
+        tables. Nothing is written to a file that turns out not to be a results database,
+        and a current one is only read (no write lock taken)."""
+        tables = _tables(conn)
+        if {"runs", "results", "telemetry"} <= tables and _schema_version(
+            conn, self._name, tables
+        ) == SCHEMA_VERSION:
+            return tables
         conn.execute("BEGIN IMMEDIATE")
         try:
             tables = _tables(conn)
@@ -528,10 +551,18 @@ class ResultStore:
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
         return _tables(conn)
+
+    @contextlib.contextmanager
+    def _failing(self, what: str) -> Iterator[None]:
+        """Turn an SQLite failure of `what` into StoreError naming this database."""
+        try:
+            yield
+        except (sqlite3.Error, UnicodeEncodeError) as e:
+            # UnicodeEncodeError: a key or id argument that is not valid text
+            raise StoreError(f"{what} ({self._name}): {_reason(e)}") from e
 
     def _require_writable(self) -> None:
         if self.readonly:
@@ -540,7 +571,8 @@ class ResultStore:
     # -- lifecycle -------------------------------------------------------------------------
     def close(self) -> None:
         """Close the connection (idempotent)."""
-        self._conn.close()
+        with self._failing("cannot close the results database"):
+            self._conn.close()
 
     def __enter__(self) -> ResultStore:
         return self
@@ -564,29 +596,34 @@ class ResultStore:
         self._require_writable()
         config_json = canonical_json(config)
         key = make_config_key(config, non_key_fields)
-        info = RunInfo(run_id or uuid.uuid4().hex, key, utc_now(), json.loads(config_json))
-        try:
-            self._conn.execute(
-                "INSERT INTO runs (run_id, created, config_key, config_json) VALUES (?, ?, ?, ?)",
-                (info.run_id, info.created, key, config_json),
-            )
-        except sqlite3.IntegrityError as e:
-            raise StoreError(f"run id {info.run_id!r} already exists") from e
+        run_id = uuid.uuid4().hex if run_id is None else escape_text(run_id)
+        info = RunInfo(run_id, key, utc_now(), json.loads(config_json))
+        with self._failing("run not recorded"):
+            try:
+                self._conn.execute(
+                    "INSERT INTO runs (run_id, created, config_key, config_json) "
+                    "VALUES (?, ?, ?, ?)",
+                    (info.run_id, info.created, key, config_json),
+                )
+            except sqlite3.IntegrityError as e:
+                raise StoreError(f"run id {info.run_id!r} already exists") from e
         return info
 
     def runs(self) -> list[RunInfo]:
         """Every run in the database, oldest first (a configuration that is not a JSON
         object, as a hand edit may leave, reads as ``{}``)."""
-        rows = self._conn.execute(
-            "SELECT CAST(run_id AS TEXT), CAST(config_key AS TEXT), CAST(created AS TEXT), "
-            "CAST(config_json AS TEXT) FROM runs ORDER BY created, rowid"
-        ).fetchall()
+        with self._failing("cannot read the runs"):
+            rows = self._conn.execute(
+                "SELECT CAST(run_id AS TEXT), CAST(config_key AS TEXT), CAST(created AS TEXT), "
+                "CAST(config_json AS TEXT) FROM runs ORDER BY created, rowid"
+            ).fetchall()
         return [RunInfo(r[0] or "", r[1] or "", r[2] or "", _config(r[3])) for r in rows]
 
     def result_keys(self) -> set[str]:
         """Every results key that has result rows (with or without a run)."""
         sql = "SELECT DISTINCT CAST(config_key AS TEXT) FROM results WHERE config_key IS NOT NULL"
-        return {k for (k,) in self._conn.execute(sql)}
+        with self._failing("cannot read the results keys"):
+            return {k for (k,) in self._conn.execute(sql)}
 
     def _require_run(self, config_key: str) -> None:
         found = self._conn.execute(
@@ -608,7 +645,8 @@ class ResultStore:
         )
         if not include_errors:
             sql += f" AND verdict != '{ERROR}'"
-        return {(p, m) for p, m in self._conn.execute(sql, (config_key,))}
+        with self._failing("cannot read the done images"):
+            return {(p, m) for p, m in self._conn.execute(sql, (config_key,))}
 
     def write_batch(
         self,
@@ -620,26 +658,26 @@ class ResultStore:
         """Write `rows` under `config_key` in one transaction; return how many were written.
 
         All or nothing: if any row is bad (unknown key, missing path/verdict, a value of the
-        wrong type, a verdict outside `VERDICTS`) none is written and StoreError is raised.
-        A row for an image already stored replaces it (no duplicates). `run_id` fills rows
-        that do not name their run.
+        wrong type, a verdict outside `VERDICTS`) or SQLite fails (disk full, locked) none is
+        written and StoreError is raised. Text that is not valid UTF-8 is escaped, never a
+        failure (see the module docstring). A row for an image already stored replaces it
+        (no duplicates). `run_id` fills rows that do not name their run.
         """
         self._require_writable()
         rows = list(rows)
         if not rows:
             return 0
-        self._require_run(config_key)
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for row in rows:
-                conn.execute(_UPSERT, _row_values(config_key, row, run_id))
-            conn.execute("COMMIT")
-        except BaseException as e:
-            conn.execute("ROLLBACK")
-            if isinstance(e, sqlite3.Error):
-                raise StoreError(f"batch not written: {e}") from e
-            raise
+        with self._failing("batch not written"):
+            self._require_run(config_key)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for row in rows:
+                    conn.execute(_UPSERT, _row_values(config_key, row, run_id))
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
         return len(rows)
 
     def iter_results(
@@ -663,15 +701,16 @@ class ResultStore:
             sql += " WHERE " + " AND ".join(f"({w})" for w in where)
         sql += " ORDER BY config_key, path, member"  # the table's columns: its unique index
         names = ("config_key", *ROW_KEYS)
-        cursor = self._conn.execute(sql, params)
-        while chunk := cursor.fetchmany(1024):
-            for values in chunk:
-                row = dict(zip(names, values, strict=True))
-                if row["member"] is None:
-                    row["member"] = ""
-                if row["resized"] is not None:
-                    row["resized"] = bool(row["resized"])
-                yield dict(checked_row(row))
+        with self._failing("cannot read the results"):
+            cursor = self._conn.execute(sql, params)
+            while chunk := cursor.fetchmany(1024):
+                for values in chunk:
+                    row = dict(zip(names, values, strict=True))
+                    if row["member"] is None:
+                        row["member"] = ""
+                    if row["resized"] is not None:
+                        row["resized"] = bool(row["resized"])
+                    yield dict(checked_row(row))
 
     # -- telemetry -------------------------------------------------------------------------
     def write_telemetry(self, run_id: str, config_key: str, record: Mapping[str, Any]) -> None:
@@ -683,21 +722,19 @@ class ResultStore:
             raise StoreError(
                 f"bad telemetry record {dict(record)}: unknown {sorted(unknown)} or no batch"
             )
-        values: list[Any] = [run_id, config_key]
+        values: list[Any] = [escape_text(run_id), escape_text(config_key)]
         for name, decl in (("batch", "INTEGER"), *_TELEMETRY_COLUMNS):
             value = utc_now() if name == "recorded" and record.get(name) is None else record.get(name)
             try:
                 values.append(_coerce(name, decl, value))
             except (TypeError, ValueError) as e:
                 raise StoreError(f"bad telemetry value for {name!r}: {e}") from e
-        try:
+        with self._failing("telemetry not written"):
             self._conn.execute(
                 f"INSERT OR REPLACE INTO telemetry ({_TELEMETRY_LIST}) "
                 f"VALUES ({', '.join('?' * len(values))})",
                 values,
             )
-        except sqlite3.Error as e:
-            raise StoreError(f"telemetry not written: {e}") from e
 
     def iter_telemetry(
         self, config_key: str | None = None, *, run_id: str | None = None
@@ -716,7 +753,8 @@ class ResultStore:
         if where:
             sql += " WHERE " + " AND ".join(where)
         names = ("run_id", "config_key", *TELEMETRY_KEYS)
-        rows = self._conn.execute(sql + " ORDER BY rowid", params).fetchall()
+        with self._failing("cannot read the telemetry"):
+            rows = self._conn.execute(sql + " ORDER BY rowid", params).fetchall()
         return [dict(zip(names, r, strict=True)) for r in rows]
 
     def count_by_verdict(self, config_key: str | None = None) -> dict[str, int]:
@@ -728,53 +766,59 @@ class ResultStore:
             sql += " WHERE config_key = ?"
             params = (config_key,)
         counts = dict.fromkeys(VERDICTS, 0)
-        counts.update(dict(self._conn.execute(sql + " GROUP BY v", params).fetchall()))
+        with self._failing("cannot count the verdicts"):
+            counts.update(dict(self._conn.execute(sql + " GROUP BY v", params).fetchall()))
         return counts
 
     def copy_from(self, src: str | os.PathLike[str]) -> int:
         """Copy the runs, results and telemetry of the database ``src`` into this one in one
         transaction; return the result rows written. A row for an image already present
         replaces it unless that would replace a real verdict with an error; an invalid row
-        is copied as an error of kind `INVALID_ROW` (one without a path is left out). ``src`` is read
-        read-only (`readonly_uri`). Callers check first that both hold the same settings
-        (:func:`ronan_jax.results.merge.merge`)."""
+        is copied as an error of kind `INVALID_ROW` (one without a path is left out). ``src``
+        is read read-only (`readonly_uri`). Callers check first that both hold the same
+        settings (:func:`ronan_jax.results.merge.merge`)."""
         self._require_writable()
         conn = self._conn
         src = os.fspath(src)
         _check_file(src, escape_text(src))
-        copied = 0
-        conn.execute("ATTACH DATABASE ? AS shard", (readonly_uri(src),))
-        try:
-            conn.execute("BEGIN IMMEDIATE")
+        with self._failing(f"merging {escape_text(src)} failed"):
+            conn.execute("ATTACH DATABASE ? AS shard", (readonly_uri(src),))
             try:
-                conn.execute(
-                    "INSERT OR IGNORE INTO runs (run_id, created, config_key, config_json) "
-                    "SELECT run_id, created, config_key, config_json FROM shard.runs"
-                )
-                before = conn.total_changes
-                conn.execute(
-                    f"INSERT INTO results ({_COLUMN_LIST}) "
-                    f"SELECT {_COPY_LIST} FROM shard.results "
-                    "WHERE config_key IS NOT NULL AND path IS NOT NULL "
-                    + _UPSERT_TAIL
-                    + f" WHERE NOT (excluded.verdict = '{ERROR}' "
-                    f"AND results.verdict IN ('{BELONGING}', '{NON_BELONGING}'))"
-                )
-                copied = conn.total_changes - before
-                has_telemetry = conn.execute(
-                    "SELECT 1 FROM shard.sqlite_master WHERE name = 'telemetry'"
-                ).fetchone()
-                if has_telemetry:  # a version-1 shard has none
-                    conn.execute(
-                        f"INSERT OR IGNORE INTO telemetry ({_TELEMETRY_LIST}) "
-                        f"SELECT {_TELEMETRY_LIST} FROM shard.telemetry"
-                    )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as e:
-            raise StoreError(f"merging {src} failed: {e}") from e
-        finally:
-            conn.execute("DETACH DATABASE shard")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    copied = self._copy_shard(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    _rollback(conn)
+                    raise
+            finally:
+                with contextlib.suppress(sqlite3.Error):  # fails only if already detached
+                    conn.execute("DETACH DATABASE shard")
+        return copied
+
+    @staticmethod
+    def _copy_shard(conn: sqlite3.Connection) -> int:
+        """The statements of `copy_from`, inside its transaction."""
+        conn.execute(
+            "INSERT OR IGNORE INTO runs (run_id, created, config_key, config_json) "
+            "SELECT run_id, created, config_key, config_json FROM shard.runs"
+        )
+        before = conn.total_changes
+        conn.execute(
+            f"INSERT INTO results ({_COLUMN_LIST}) "
+            f"SELECT {_COPY_LIST} FROM shard.results "
+            "WHERE config_key IS NOT NULL AND path IS NOT NULL "
+            + _UPSERT_TAIL
+            + f" WHERE NOT (excluded.verdict = '{ERROR}' "
+            f"AND results.verdict IN ('{BELONGING}', '{NON_BELONGING}'))"
+        )
+        copied = conn.total_changes - before
+        has_telemetry = conn.execute(
+            "SELECT 1 FROM shard.sqlite_master WHERE name = 'telemetry'"
+        ).fetchone()
+        if has_telemetry:  # a version-1 shard has none
+            conn.execute(
+                f"INSERT OR IGNORE INTO telemetry ({_TELEMETRY_LIST}) "
+                f"SELECT {_TELEMETRY_LIST} FROM shard.telemetry"
+            )
         return copied
