@@ -108,6 +108,7 @@ _REQUIRED = ("path", "verdict")
 INVALID_ROW = "invalid-row"
 """The error kind of a row the store cannot read as a result (see the module docstring)."""
 
+_VERDICT_SET = frozenset(VERDICTS)
 _VERDICT_LIST = ", ".join(f"'{v}'" for v in VERDICTS)
 # Whether a stored row is a result (NULL-safe: a NULL verdict is invalid, not unknown).
 _VALID_SQL = f"(path IS NOT NULL AND COALESCE(verdict IN ({_VERDICT_LIST}), 0))"
@@ -706,11 +707,13 @@ class ResultStore:
             while chunk := cursor.fetchmany(1024):
                 for values in chunk:
                     row = dict(zip(names, values, strict=True))
-                    if row["member"] is None:
-                        row["member"] = ""
                     if row["resized"] is not None:
                         row["resized"] = bool(row["resized"])
-                    yield dict(checked_row(row))
+                    if row["verdict"] not in _VERDICT_SET or row["path"] is None:
+                        row = dict(checked_row(row))  # an invalid row (or bytes verdict)
+                    if row["member"] is None:
+                        row["member"] = ""
+                    yield row
 
     # -- telemetry -------------------------------------------------------------------------
     def write_telemetry(self, run_id: str, config_key: str, record: Mapping[str, Any]) -> None:
@@ -760,14 +763,18 @@ class ResultStore:
     def count_by_verdict(self, config_key: str | None = None) -> dict[str, int]:
         """Number of rows per verdict (every verdict present, zero if none); an invalid row
         counts as an error, as `iter_results` reads it."""
-        sql = f"SELECT {_VERDICT_SQL} AS v, COUNT(*) FROM results"
+        sql = "SELECT verdict, COUNT(*), SUM(path IS NULL) FROM results"
         params: tuple[str, ...] = ()
         if config_key is not None:
             sql += " WHERE config_key = ?"
             params = (config_key,)
         counts = dict.fromkeys(VERDICTS, 0)
         with self._failing("cannot count the verdicts"):
-            counts.update(dict(self._conn.execute(sql + " GROUP BY v", params).fetchall()))
+            groups = self._conn.execute(sql + " GROUP BY verdict", params).fetchall()
+        for verdict, n, no_path in groups:
+            valid = isinstance(verdict, str) and verdict in _VERDICT_SET
+            counts[verdict if valid else ERROR] += n - (no_path if valid else 0)
+            counts[ERROR] += no_path if valid else 0
         return counts
 
     def copy_from(self, src: str | os.PathLike[str]) -> int:
