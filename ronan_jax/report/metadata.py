@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ronan_jax.results.store import ResultStore, RunInfo
+from ronan_jax.results.store import ResultStore, RunInfo, escape_text
 from ronan_jax.results.telemetry import summarize
 
 
@@ -23,7 +23,7 @@ def pick_run(db: str | os.PathLike[str], run: str | None = None) -> tuple[RunInf
     with ResultStore(db, readonly=True) as store:
         runs = store.runs()
     if not runs:
-        raise RunSelectionError(f"{db} holds no audit runs")
+        raise RunSelectionError(f"{escape_text(os.fspath(db))} holds no audit runs")
     if run is None:
         return runs[-1], runs
     matches = [r for r in runs if r.run_id.startswith(run) or r.config_key.startswith(run)]

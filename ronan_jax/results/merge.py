@@ -59,7 +59,7 @@ def describe_mismatch(
     """
     entries = []
     for path, by_key in configs.items():
-        name = os.path.basename(os.fspath(path))
+        name = escape_text(os.path.basename(os.fspath(path)))
         for key, config in by_key.items():
             label = name if len(by_key) == 1 else f"{name} [{key[:12]}]"
             kept = {k: v for k, v in config.items() if k not in non_key_fields}
@@ -72,7 +72,7 @@ def describe_mismatch(
         if len({v for _, v in values}) > 1:
             diffs.append(f"{field_name} ({', '.join(f'{label}: {v}' for label, v in values)})")
     keys = "; ".join(
-        f"{os.path.basename(os.fspath(p))}: {', '.join(k[:12] for k in sorted(ks)) or '(empty)'}"
+        f"{escape_text(os.path.basename(os.fspath(p)))}: {', '.join(k[:12] for k in sorted(ks)) or '(empty)'}"
         for p, ks in configs.items()
     )
     if not diffs:

@@ -13,7 +13,7 @@ Three tables, defined once below (`_SCHEMA`), versioned with SQLite's ``user_ver
   (:mod:`ronan_jax.results.telemetry`). Recorded only; never part of a result.
 
 A version-1 database (no telemetry) is upgraded in place when opened for writing (the table
-is added, nothing else changes) and is read as it is by `merge`.
+is added, nothing else changes) and is read as it is when opened read-only and by `merge`.
 
 Writes go in one transaction per batch (a kill mid-batch leaves none of its rows) and are
 upserts on that key, so re-running never duplicates. The database uses WAL journalling so a
@@ -214,6 +214,11 @@ def escape_text(text: str | bytes) -> str:
     return _SURROGATE.sub(_escape_surrogate, text)
 
 
+def _text_arg(value: Any) -> Any:
+    """An id or key argument bound as text: escaped when it is a string."""
+    return escape_text(value) if isinstance(value, str) else value
+
+
 def _decode_text(raw: bytes) -> str:
     """Text read from SQLite: invalid UTF-8 (written by another tool) by the same rule."""
     return raw.decode("utf-8", "backslashreplace")
@@ -384,6 +389,8 @@ def checked_row(row: Mapping[str, Any]) -> Mapping[str, Any]:
         "error": "invalid row: " + "; ".join(reasons)
         + (f" (stored error: {error})" if error else ""),
     }
+
+
 _UPSERT_TAIL = "ON CONFLICT (config_key, path, member) DO UPDATE SET " + ", ".join(
     f"{name} = excluded.{name}" for name in ROW_KEYS if name not in _KEY_COLUMNS
 )
@@ -597,7 +604,7 @@ class ResultStore:
         self._require_writable()
         config_json = canonical_json(config)
         key = make_config_key(config, non_key_fields)
-        run_id = uuid.uuid4().hex if run_id is None else escape_text(run_id)
+        run_id = uuid.uuid4().hex if run_id is None else _text_arg(run_id)
         info = RunInfo(run_id, key, utc_now(), json.loads(config_json))
         with self._failing("run not recorded"):
             try:
@@ -725,7 +732,7 @@ class ResultStore:
             raise StoreError(
                 f"bad telemetry record {dict(record)}: unknown {sorted(unknown)} or no batch"
             )
-        values: list[Any] = [escape_text(run_id), escape_text(config_key)]
+        values: list[Any] = [_text_arg(run_id), _text_arg(config_key)]
         for name, decl in (("batch", "INTEGER"), *_TELEMETRY_COLUMNS):
             value = utc_now() if name == "recorded" and record.get(name) is None else record.get(name)
             try:
