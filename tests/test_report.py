@@ -176,9 +176,10 @@ def test_compute_summary_without_labels_counts_only():
     assert s.confusion is None and s.accuracy is None and s.auc is None
 
 
-def test_compute_summary_rejects_unknown_verdict():
-    with pytest.raises(ValueError, match="unknown verdict"):
-        compute_summary([{"path": "a.png", "verdict": "maybe"}])
+def test_compute_summary_counts_an_unknown_verdict_as_an_invalid_row_error():
+    s = compute_summary([{"path": "a.png", "verdict": "maybe"}])
+    assert s.counts == {"belonging": 0, "non-belonging": 0, "error": 1}
+    assert s.error_kinds == {"invalid-row": 1}
 
 
 @pytest.mark.parametrize("seed", range(5))

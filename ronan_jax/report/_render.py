@@ -25,6 +25,7 @@ from ronan_jax.report._summary import (
     label_key,
     roc_curve,
 )
+from ronan_jax.results.store import checked_row, escape_text
 
 _TEMPLATES = Path(__file__).resolve().parent / "templates"
 _CSS_PX_PER_INCH = 96
@@ -309,11 +310,12 @@ def render_report(
     lowest and ``k`` with the highest z are shown with their evidence; relative evidence paths
     are resolved against ``evidence_root``. Rows with verdict ``'error'`` are counted and
     listed (at most ``max_error_rows``) but enter no plot or metric. Plots and pictures are
-    inlined as data URIs; every input string is HTML-escaped. The file is replaced atomically.
+    inlined as data URIs; every input string is HTML-escaped, and undecodable file-name bytes
+    are written ``\\xNN`` as the store writes them. The file is replaced atomically.
     """
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
-    rows = list(rows)
+    rows = [checked_row(row) for row in rows]  # an invalid row is listed as an error
     summary = compute_summary(rows, labels)
     prof = _profile_view(profile)
     ok_rows = [r for r in rows if r["verdict"] != ERROR]
@@ -365,7 +367,7 @@ def render_report(
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(html)
+            fh.write(escape_text(html))  # undecodable file-name bytes as \xNN, as stored
         os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the report from its readers
         os.replace(tmp, out)
     except BaseException:

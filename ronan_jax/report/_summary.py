@@ -3,7 +3,8 @@
 Conventions (as the paper scores its tables): belonging is the positive class; a lower calibrated loss
 means "more belonging", so the AUC is P(A'(belonging) < A'(non-belonging)) with ties counted
 one half -- the Mann-Whitney U statistic divided by n_pos * n_neg. Rows whose verdict is
-``'error'`` are counted but enter no metric.
+``'error'`` are counted but enter no metric; a row with no path or a verdict outside the
+vocabulary counts as an error of kind ``invalid-row`` (the store's rule, ``checked_row``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ronan_jax.attribution.verdicts import BELONGING, ERROR, VERDICTS
+from ronan_jax.results.store import checked_row
 
 
 def label_key(row: Mapping[str, Any]) -> str:
@@ -168,14 +170,13 @@ class Summary:
 def compute_summary(
     rows: Iterable[Mapping[str, Any]], labels: Mapping[str, bool] | None = None
 ) -> Summary:
-    """Count verdicts and, given labels (`label_key` -> True for belonging), score them."""
-    rows = list(rows)
+    """Count verdicts and, given labels (`label_key` -> True for belonging), score them.
+
+    A row the store could not read as a result (`checked_row`) counts as an error."""
+    rows = [checked_row(row) for row in rows]
     counts = dict.fromkeys(VERDICTS, 0)
     for row in rows:
-        verdict = row.get("verdict")
-        if verdict not in counts:
-            raise ValueError(f"unknown verdict {verdict!r} for {label_key(row)!r}")
-        counts[verdict] += 1
+        counts[row["verdict"]] += 1
     error_kinds = Counter(
         str(row.get("error_kind") or "unknown") for row in rows if row["verdict"] == ERROR
     )

@@ -1,4 +1,5 @@
-"""The report of a results database in one call: pick the run, read its rows, write HTML."""
+"""The report of a results database in one call: pick the run, read its rows, write HTML.
+The database is opened read-only (``ResultStore(db, readonly=True)``)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from ronan_jax.results.store import ResultStore, RunInfo
 
 def report_rows(db: str | os.PathLike[str], chosen: RunInfo) -> list[dict[str, Any]]:
     """Every result row of ``chosen``'s settings."""
-    with ResultStore(db) as store:
+    with ResultStore(db, readonly=True) as store:
         return list(store.iter_results(chosen.config_key))
 
 
@@ -28,7 +29,8 @@ def write_report(
     """Write the HTML report of ``db`` (the latest run, or ``run``: an id or results-key
     prefix) to ``out_path`` (default: the database's name with ``.html``); ``labels`` add
     the confusion matrix, accuracy and ROC; ``rows`` replaces the run's rows (a subset).
-    Returns the path and the number of images reported."""
+    ``db`` is read read-only and never changed; a file that is not a results database is
+    refused with StoreError naming it. Returns the path and the number of images reported."""
     chosen, runs = pick_run(db, run)
     rows = report_rows(db, chosen) if rows is None else rows
     out = Path(out_path) if out_path else Path(db).with_suffix(".html")

@@ -8,7 +8,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
-from ronan_jax.results.store import ROW_KEYS
+from ronan_jax.results.store import ROW_KEYS, escape_text
 
 EXPORT_FIELDS: tuple[str, ...] = (
     "path",
@@ -35,8 +35,11 @@ EXPORT_FORMATS = ("csv", "jsonl")
 
 
 def _plain(value: Any) -> Any:
+    """A value fit for CSV and JSON: NaN/inf as empty, text by the store's escaping rule."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, str | bytes):
+        return escape_text(value)
     return value
 
 

@@ -7,22 +7,18 @@ differ. :func:`missing_shards` tells which processes of a split run are not in a
 
 from __future__ import annotations
 
-import json
 import os
-import sqlite3
-import urllib.parse
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from ronan_jax.results.store import (
     NON_KEY_FIELDS,
-    READABLE_VERSIONS,
     ResultStore,
     RunInfo,
-    SchemaVersionError,
     ShardMismatchError,
     StoreError,
     canonical_json,
+    escape_text,
 )
 
 
@@ -30,29 +26,12 @@ def _shard_keys(path: str) -> dict[str, dict[str, Any]]:
     """Config keys a shard holds (runs and results), each with the configuration of one of
     its runs (``{}`` for results without a run), checking it is a results database."""
     if not os.path.isfile(path):
-        raise StoreError(f"no such shard database: {path}")
-    try:
-        conn = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro", uri=True)
-    except sqlite3.Error as e:
-        raise StoreError(f"cannot open shard {path}: {e}") from e
-    try:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version not in READABLE_VERSIONS:
-            raise SchemaVersionError(
-                f"shard {path} has results schema version {version}, expected one of "
-                f"{READABLE_VERSIONS}"
-            )
-        keys: dict[str, dict[str, Any]] = {
-            k: json.loads(c)
-            for k, c in conn.execute("SELECT config_key, config_json FROM runs ORDER BY rowid")
-        }
-        for (k,) in conn.execute("SELECT DISTINCT config_key FROM results"):
+        raise StoreError(f"no such shard database: {escape_text(path)}")
+    with ResultStore(path, readonly=True) as store:
+        keys: dict[str, dict[str, Any]] = {r.config_key: r.config for r in store.runs()}
+        for k in store.result_keys():
             keys.setdefault(k, {})
         return keys
-    except sqlite3.Error as e:
-        raise StoreError(f"{path} is not a results database: {e}") from e
-    finally:
-        conn.close()
 
 
 def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -80,7 +59,7 @@ def describe_mismatch(
     """
     entries = []
     for path, by_key in configs.items():
-        name = os.path.basename(os.fspath(path))
+        name = escape_text(os.path.basename(os.fspath(path)))
         for key, config in by_key.items():
             label = name if len(by_key) == 1 else f"{name} [{key[:12]}]"
             kept = {k: v for k, v in config.items() if k not in non_key_fields}
@@ -93,7 +72,7 @@ def describe_mismatch(
         if len({v for _, v in values}) > 1:
             diffs.append(f"{field_name} ({', '.join(f'{label}: {v}' for label, v in values)})")
     keys = "; ".join(
-        f"{os.path.basename(os.fspath(p))}: {', '.join(k[:12] for k in sorted(ks)) or '(empty)'}"
+        f"{escape_text(os.path.basename(os.fspath(p)))}: {', '.join(k[:12] for k in sorted(ks)) or '(empty)'}"
         for p, ks in configs.items()
     )
     if not diffs:

@@ -146,17 +146,34 @@ class WorkSummary:
         return text + "."
 
 
+def _count(value: Any) -> int:
+    """A stored count as an int; 0 for NULL or what a hand edit left (text, bytes, NaN)."""
+    try:
+        return max(0, int(value or 0))
+    except (TypeError, ValueError, OverflowError):
+        return 0
+
+
+def _seconds(value: Any) -> float:
+    try:
+        f = float(value or 0.0)
+    except (TypeError, ValueError):
+        return 0.0
+    return f if f >= 0.0 and f != float("inf") else 0.0
+
+
 def summarize(rows: Iterable[Mapping[str, Any]]) -> WorkSummary:
-    """Add telemetry rows (dicts as the store gives them) up, in order."""
+    """Add telemetry rows (dicts as the store gives them) up, in order; a value that is not
+    a number (a hand-edited database) counts as 0."""
     batches = images = run = budget = splits = 0
     seconds = 0.0
     per_call = None
     for row in rows:
         batches += 1
-        images += int(row.get("images") or 0)
-        run += int(row.get("steps_run") or 0)
-        budget += int(row.get("steps_budget") or 0)
-        seconds += float(row.get("seconds") or 0.0)
-        splits += int(row.get("oom_splits") or 0)
-        per_call = row.get("images_per_call") or per_call
+        images += _count(row.get("images"))
+        run += _count(row.get("steps_run"))
+        budget += _count(row.get("steps_budget"))
+        seconds += _seconds(row.get("seconds"))
+        splits += _count(row.get("oom_splits"))
+        per_call = _count(row.get("images_per_call")) or per_call
     return WorkSummary(batches, images, run, budget, seconds, per_call, splits)
