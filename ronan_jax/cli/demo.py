@@ -71,7 +71,7 @@ def demo(out: str, n: int, profile_path: str | None, batch_size: int | None, qui
         quiet=quiet,
     )
     summary = run_audit_command([str(out_dir / "images")], cfg, info={"demo": True}, label="demo")
-    with ResultStore(cfg.db) as store:
+    with ResultStore(cfg.db, readonly=True) as store:
         rows = [r for r in store.iter_results(summary.config_key) if str(Path(r["path"])) in labels]
     scored = compute_summary(rows, labels)
     c = scored.confusion

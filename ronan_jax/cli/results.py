@@ -56,7 +56,7 @@ def export(db: str, fmt: str, out: str | None, run: str | None) -> None:
     from ronan_jax.results.store import ResultStore
 
     chosen, _ = pick_run(db, run)
-    with ResultStore(db) as store:
+    with ResultStore(db, readonly=True) as store:
         rows = store.iter_results(chosen.config_key)
         if out is None or out == "-":
             n = export_rows(rows, fmt, sys.stdout)

@@ -60,7 +60,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ronan_jax.attribution.verdicts import BELONGING, ERROR, NON_BELONGING, VERDICTS
+from ronan_jax.attribution.verdicts import BELONGING, ERROR, INVALID_ROW, NON_BELONGING, VERDICTS
 
 SCHEMA_VERSION = 2
 READABLE_VERSIONS: tuple[int, ...] = (1, 2)
@@ -105,7 +105,6 @@ ROW_KEYS: tuple[str, ...] = tuple(name for name, _ in _RESULT_COLUMNS)
 """Keys a result row may have (``write_batch``); ``path`` and ``verdict`` are required."""
 _REQUIRED = ("path", "verdict")
 
-INVALID_ROW = "invalid-row"
 """The error kind of a row the store cannot read as a result (see the module docstring)."""
 
 _VERDICT_SET = frozenset(VERDICTS)
