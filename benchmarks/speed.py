@@ -75,11 +75,12 @@ from ronan_jax.attribution.attribute import attribute
 from ronan_jax.attribution.profile import Profile, build_profile, quantize_8bit
 from ronan_jax.engine.config import InversionConfig
 from ronan_jax.engine.generator import Generator
-from ronan_jax.engine.invert import _segments, default_max_batch, invert, resolve_loop
+from ronan_jax.engine.invert import invert
+from ronan_jax.engine.program import images_per_call, resolve_loop, step_segments
 from ronan_jax.models import dcgan
 from ronan_jax.report._summary import auc_diverged_last
 
-SPEC_STEPS = 1500
+PAPER_STEPS = 1500
 RESTARTS = 8
 LR = 0.1
 MODELS = ("dcgan-mnist", "random-ngf64")
@@ -392,8 +393,8 @@ class Variant:
 
     @property
     def per_image_spec(self) -> float:
-        """Seconds per image extrapolated to the SPEC's 1500 steps."""
-        return self.per_image * SPEC_STEPS / self.steps
+        """Seconds per image extrapolated to the paper's 1500 steps."""
+        return self.per_image * PAPER_STEPS / self.steps
 
     @property
     def compile_s(self) -> float:
@@ -521,7 +522,7 @@ def warmup_steps(steps: int, config: InversionConfig) -> int:
     loop = resolve_loop(config.loop)
 
     def shapes(s: int) -> set[tuple[int, bool]]:
-        seg = _segments(s, config.unroll, config.check_every, loop)
+        seg = step_segments(config.replace(steps=s), loop)
         return {(k, i == len(seg) - 1) for i, k in enumerate(seg)}
 
     want = shapes(steps)
@@ -597,7 +598,7 @@ def run_decision(
         name=name,
         config=config,
         decision_stop=decision_stop,
-        batch=max(1, config.max_batch // config.restarts),
+        batch=images_per_call(config),
         verdict=np.asarray(att.verdict),
         calibrated=np.asarray(att.calibrated_loss, np.float64),
         steps_run=int(np.sum(att.model_result.steps_run)),
@@ -753,7 +754,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     # ---- the floor
     rates = [floor_mod.jax_matmul_gflops()]
     gflops = rates[0]
-    floor = floor_mod.floor_report(model.config, RESTARTS, SPEC_STEPS, gflops)
+    floor = floor_mod.floor_report(model.config, RESTARTS, PAPER_STEPS, gflops)
     xla_flops = floor_mod.xla_forward_flops(model.generator, batch=8)
     floor["xla_forward_flops"] = xla_flops
     results["floor"] = floor
@@ -776,18 +777,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         jax_vars = [_jax_variant(model, sample, b, "float32", settings.steps) for b in settings.batches]
         jax_vars += [_jax_variant(model, sample, b, "bfloat16", settings.steps) for b in settings.bf16_batches]
         timing = bench.variants(settings.steps) + jax_vars
-        log(f"timing {settings.steps} steps (extrapolated x{SPEC_STEPS / settings.steps:g} to {SPEC_STEPS}), "
+        log(f"timing {settings.steps} steps (extrapolated x{PAPER_STEPS / settings.steps:g} to {PAPER_STEPS}), "
             f"{settings.reps} interleaved rounds, best taken")
 
         def round_done() -> None:
-            part = floor_mod.floor_report(model.config, RESTARTS, SPEC_STEPS, max(rates))
+            part = floor_mod.floor_report(model.config, RESTARTS, PAPER_STEPS, max(rates))
             results["timing"] = timing_rows(timing, part)
             save()
 
         run_interleaved(timing, settings.reps, log, probe=lambda: rates.append(floor_mod.jax_matmul_gflops(reps=3)),
                         on_round=round_done)
         # the floor at the best matmul rate seen (measured once per round, interleaved)
-        floor = floor_mod.floor_report(model.config, RESTARTS, SPEC_STEPS, max(rates))
+        floor = floor_mod.floor_report(model.config, RESTARTS, PAPER_STEPS, max(rates))
         floor["xla_forward_flops"] = xla_flops
         floor["matmul_gflops_samples"] = rates
         results["floor"] = floor
@@ -823,7 +824,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "baseline": base_name,
             "baseline_runs": sum(len(v.samples) for v in pool),
             "jax": best.name,
-            "baseline_s_per_image_1500": base_s * SPEC_STEPS / settings.steps,
+            "baseline_s_per_image_1500": base_s * PAPER_STEPS / settings.steps,
             "jax_s_per_image_1500": best.per_image_spec,
             "speedup": base_s / best.per_image,
             "speedup_vs_each_baseline": {v.name: v.per_image / best.per_image for v in torch_timed},
@@ -839,7 +840,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         s = summary["equal_work"]
         each = ", ".join(f"{k} {r:.2f}x" for k, r in s["speedup_vs_each_baseline"].items())
         log(f"equal work: {s['jax']} {s['jax_s_per_image_1500']:.2f} s/image vs {s['baseline']} "
-            f"{s['baseline_s_per_image_1500']:.2f} s/image at {SPEC_STEPS} steps (timed at {settings.steps}; "
+            f"{s['baseline_s_per_image_1500']:.2f} s/image at {PAPER_STEPS} steps (timed at {settings.steps}; "
             f"float32; baseline = best of its {s['baseline_runs']} timed runs in this process; "
             f"timing-table ratios: {each})")
     if decisions is not None:
@@ -898,7 +899,7 @@ def _decisions(
     images, labels, source = decision_images(model, n)
     jax_f32 = [v for v in timing if v.kind == "jax" and v.precision == "float32"]
     es_batch = settings.es_batch or (
-        min(jax_f32, key=lambda v: v.per_image).batch if jax_f32 else max(1, default_max_batch() // RESTARTS)
+        min(jax_f32, key=lambda v: v.per_image).batch if jax_f32 else images_per_call(InversionConfig(restarts=RESTARTS))
     )
     base_cfg = InversionConfig(steps=steps, restarts=RESTARTS, lr=LR)
     log(f"decisions: {n} belonging (generated, 8-bit) + {n} non-belonging ({source}), interleaved; "
