@@ -180,8 +180,6 @@ def _invert_chunk(
         idx_active = np.flatnonzero(active)
         if idx_active.size == 0:
             break
-        # All runs of a chunk fit one call (images_per_call * restarts <= max_batch), so the
-        # shared Adam step count advances exactly once per segment.
         # Padding runs repeat the first active run; they are dropped when scattered back.
         size = round_up(_bucket(idx_active.size, b_pad * r), d)
         fill = size - idx_active.size

@@ -23,7 +23,7 @@ import optax
 from ronan_jax.engine.config import InversionConfig
 from ronan_jax.engine.generator import ApplyFn, Generator, PriorFn
 from ronan_jax.engine.metrics import Metric, get_metric
-from ronan_jax.engine.state import InversionState, _is_run_leaf, init_state, inversion_step, measure
+from ronan_jax.engine.state import InversionState, init_state, inversion_step, measure
 
 
 def _cast_floats(tree: Any, dtype: Any) -> Any:
@@ -148,8 +148,7 @@ def _program(
 
     @jax.jit
     def gather(state: InversionState, targets: jax.Array, condition: Any, run_img: jax.Array, idx: jax.Array) -> tuple[Any, ...]:
-        n = state.z.shape[0]
-        sub = jax.tree_util.tree_map(lambda a: a[idx] if _is_run_leaf(a, n) else a, state)
+        sub = jax.tree_util.tree_map(lambda a: a[idx], state)  # every leaf has the run axis
         img = run_img[idx]
         cond = None if condition is None else jax.tree_util.tree_map(lambda c: c[img], condition)
         return sub, targets[img], cond
@@ -172,12 +171,7 @@ def _program(
 
     @functools.partial(jax.jit, donate_argnums=0)
     def scatter(state: InversionState, sub: InversionState, idx: jax.Array) -> InversionState:
-        n = state.z.shape[0]
-        return jax.tree_util.tree_map(
-            lambda full, part: full.at[idx].set(part, mode="drop") if _is_run_leaf(full, n) else part,
-            state,
-            sub,
-        )
+        return jax.tree_util.tree_map(lambda full, part: full.at[idx].set(part, mode="drop"), state, sub)
 
     @jax.jit
     def reconstruct(params: Any, inputs: jax.Array, condition: Any) -> jax.Array:

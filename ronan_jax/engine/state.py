@@ -2,8 +2,11 @@
 
 A run is one restart of one image: Adam on the generator's input ``z`` to solve the paper's
 Eq. 1, min over z of the loss between G(z) and the image. N = B images x R restarts are one
-``[N, *input_shape]`` array; the leaves of :class:`InversionState` have that leading run
-axis, except the optimiser's shared step count.
+``[N, *input_shape]`` array. Every leaf of :class:`InversionState`, the optimiser state
+included, has that leading run axis by construction: the optimiser is ``jax.vmap``-ed over
+runs, so each run has its own Adam step count (all runs still going advance together, so the
+counts agree with one shared count). The driver gathers, scatters and freezes runs by
+mapping every leaf alike, never by looking at shapes.
 
 Strategy "min": a run's recorded loss is the smallest finite loss it has shown at any step
 (:func:`record_best`); an image's loss is the smallest over its restarts.
@@ -20,10 +23,10 @@ import optax
 
 
 class InversionState(NamedTuple):
-    """Optimiser state of N = B*R runs (flattened, image-major)."""
+    """Optimiser state of N = B*R runs (flattened, image-major); every leaf is ``[N, ...]``."""
 
     z: jax.Array  # [N, *input_shape] float32: current inputs
-    opt_state: Any  # optax Adam state (float32)
+    opt_state: Any  # optax state of each run (vmapped init): every leaf [N, ...]
     best_loss: jax.Array  # [N] float32: smallest finite loss seen (inf if none)
     best_z: jax.Array  # [N, *input_shape]: input that produced best_loss
     last_loss: jax.Array  # [N]: loss at the latest step (inf once diverged)
@@ -36,7 +39,7 @@ def init_state(optimizer: optax.GradientTransformation, z0: jax.Array) -> Invers
     inf = jnp.full((n,), jnp.inf, jnp.float32)
     return InversionState(
         z=z0,
-        opt_state=optimizer.init(z0),
+        opt_state=jax.vmap(optimizer.init)(z0),
         best_loss=inf,
         best_z=z0,
         last_loss=inf,
@@ -91,19 +94,13 @@ def inversion_step(
 
     # optax mixes Python scalars with int32 step counts; allow that inside optax only.
     with jax.numpy_dtype_promotion("standard"):
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.z)
+        updates, opt_state = jax.vmap(optimizer.update)(grads, state.opt_state, state.z)
     z_next = optax.apply_updates(state.z, updates)
     axes = tuple(range(1, z_next.ndim))
     alive = finite & jnp.all(jnp.isfinite(z_next), axis=axes)
     z = jnp.where(per_run(alive, z_next), z_next, state.z)
     opt_state = jax.tree_util.tree_map(
-        lambda new, old: jnp.where(per_run(alive, new), new, old) if _is_run_leaf(new, alive.shape[0]) else new,
-        opt_state,
-        state.opt_state,
+        lambda new, old: jnp.where(per_run(alive, new), new, old), opt_state, state.opt_state
     )
     last_loss = jnp.where(finite, losses, jnp.inf)
     return InversionState(z, opt_state, best_loss, best_z, last_loss, alive)
-
-
-def _is_run_leaf(leaf: Any, n: int) -> bool:
-    return bool(jnp.ndim(leaf)) and leaf.shape[0] == n
