@@ -226,7 +226,7 @@ class Model:
 def load_model(name: str, impl: str | None = None) -> Model:
     """The benchmark's DCGAN: the zoo's ``dcgan-mnist`` if its weights are installed, else
     random weights of the same config (``random_variables``); ``random-ngf64``: random
-    weights, nz 100, ngf 64, 3 channels, 32x32 (the issue's CIFAR-sized reference point)."""
+    weights, nz 100, ngf 64, 3 channels, 32x32 (a CIFAR-sized reference point)."""
     if name == "dcgan-mnist":
         try:
             from ronan_jax import zoo
@@ -392,7 +392,7 @@ class Variant:
         return self.seconds / self.n_images
 
     @property
-    def per_image_spec(self) -> float:
+    def per_image_1500(self) -> float:
         """Seconds per image extrapolated to the paper's 1500 steps."""
         return self.per_image * PAPER_STEPS / self.steps
 
@@ -412,8 +412,8 @@ class Variant:
             "samples_s": self.samples,
             "best_call_s": self.seconds,
             "s_per_image": self.per_image,
-            "s_per_image_1500": self.per_image_spec,
-            "images_per_s_1500": 1.0 / self.per_image_spec,
+            "s_per_image_1500": self.per_image_1500,
+            "images_per_s_1500": 1.0 / self.per_image_1500,
             "first_call_s": self.first_call_s,
             "warmup_steps": self.warmup_steps or self.steps,
             "compile_s": self.compile_s,
@@ -825,7 +825,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "baseline_runs": sum(len(v.samples) for v in pool),
             "jax": best.name,
             "baseline_s_per_image_1500": base_s * PAPER_STEPS / settings.steps,
-            "jax_s_per_image_1500": best.per_image_spec,
+            "jax_s_per_image_1500": best.per_image_1500,
             "speedup": base_s / best.per_image,
             "speedup_vs_each_baseline": {v.name: v.per_image / best.per_image for v in torch_timed},
         }
@@ -855,7 +855,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 def timing_rows(variants: Sequence[Variant], floor: dict[str, Any]) -> list[dict[str, Any]]:
     """The JSON rows of the timing table (variants not timed yet are left out)."""
     f2 = floor["floor_s_per_image_x2"]
-    return [v.as_dict() | {"floor_gap_x2": v.per_image_spec / f2} for v in variants if v.samples]
+    return [v.as_dict() | {"floor_gap_x2": v.per_image_1500 / f2} for v in variants if v.samples]
 
 
 def write_json(path: str | Path, data: dict[str, Any]) -> None:
@@ -873,9 +873,9 @@ def _print_timing(variants: list[Variant], floor: dict[str, Any], log: Callable[
     log(f"{'variant':22s} {'s/img@S':>9s} {'s/img@1500':>10s} {'img/s@1500':>10s} {'vs base':>8s} "
         f"{'compile s':>9s} {'peak RSS':>9s} {'(+call)':>9s} {'dev peak':>9s} {'x floor':>8s}")
     for v in variants:
-        log(f"{v.name:22s} {v.per_image:9.4f} {v.per_image_spec:10.3f} {1 / v.per_image_spec:10.3f} "
+        log(f"{v.name:22s} {v.per_image:9.4f} {v.per_image_1500:10.3f} {1 / v.per_image_1500:10.3f} "
             f"{base.per_image / v.per_image:7.2f}x {v.compile_s:9.2f} {_fmt_bytes(v.peak_rss):>9s} "
-            f"{f'+{v.rss_growth / 2**20:.0f} MiB':>9s} {_fmt_bytes(v.device_peak):>9s} {v.per_image_spec / f2:7.1f}x")
+            f"{f'+{v.rss_growth / 2**20:.0f} MiB':>9s} {_fmt_bytes(v.device_peak):>9s} {v.per_image_1500 / f2:7.1f}x")
     for v in variants:
         if v.note:
             log(f"  ({v.name}: {v.note})")
