@@ -17,7 +17,8 @@ import numpy as np
 
 from ronan_jax.attribution.profile import quantize_8bit
 from ronan_jax.engine.config import InversionConfig
-from ronan_jax.engine.invert import default_max_batch, invert
+from ronan_jax.engine.invert import invert
+from ronan_jax.engine.program import default_max_batch, images_per_call
 from ronan_jax.models import dcgan
 
 
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     lo, hi = min(sizes), max(sizes)
     first, s = seconds_per_image(gen, images[:hi], inv.replace(max_batch=0))
     auto = default_max_batch()
-    print(f"B={hi:4d} default max_batch ({auto} runs = {max(1, auto // args.restarts)} images/call): {s:8.4f} s/image "
+    print(f"B={hi:4d} default max_batch ({auto} runs = {images_per_call(inv.replace(max_batch=0))} images/call): {s:8.4f} s/image "
           f"({s * 1500 / args.steps:7.2f} s/image at 1500 steps)")
     print(f"speed-up B={hi} (one call) over B={lo}: {per_image[lo] / per_image[hi]:.2f}x")
     print(f"speed-up B={hi} (default chunking) over B={lo}: {per_image[lo] / s:.2f}x")

@@ -76,11 +76,12 @@ from ronan_jax.attribution.build import build_profile
 from ronan_jax.attribution.profile import Profile, quantize_8bit
 from ronan_jax.engine.config import InversionConfig
 from ronan_jax.engine.generator import Generator
-from ronan_jax.engine.invert import _segments, default_max_batch, invert, resolve_loop
+from ronan_jax.engine.invert import invert
+from ronan_jax.engine.program import images_per_call, resolve_loop, step_segments
 from ronan_jax.models import dcgan
 from ronan_jax.report._summary import auc_diverged_last
 
-SPEC_STEPS = 1500
+PAPER_STEPS = 1500
 RESTARTS = 8
 LR = 0.1
 MODELS = ("dcgan-mnist", "random-ngf64")
@@ -226,7 +227,7 @@ class Model:
 def load_model(name: str, impl: str | None = None) -> Model:
     """The benchmark's DCGAN: the zoo's ``dcgan-mnist`` if its weights are installed, else
     random weights of the same config (``random_variables``); ``random-ngf64``: random
-    weights, nz 100, ngf 64, 3 channels, 32x32 (the issue's CIFAR-sized reference point)."""
+    weights, nz 100, ngf 64, 3 channels, 32x32 (a CIFAR-sized reference point)."""
     if name == "dcgan-mnist":
         try:
             from ronan_jax import zoo
@@ -392,9 +393,9 @@ class Variant:
         return self.seconds / self.n_images
 
     @property
-    def per_image_spec(self) -> float:
-        """Seconds per image extrapolated to the SPEC's 1500 steps."""
-        return self.per_image * SPEC_STEPS / self.steps
+    def per_image_1500(self) -> float:
+        """Seconds per image extrapolated to the paper's 1500 steps."""
+        return self.per_image * PAPER_STEPS / self.steps
 
     @property
     def compile_s(self) -> float:
@@ -412,8 +413,8 @@ class Variant:
             "samples_s": self.samples,
             "best_call_s": self.seconds,
             "s_per_image": self.per_image,
-            "s_per_image_1500": self.per_image_spec,
-            "images_per_s_1500": 1.0 / self.per_image_spec,
+            "s_per_image_1500": self.per_image_1500,
+            "images_per_s_1500": 1.0 / self.per_image_1500,
             "first_call_s": self.first_call_s,
             "warmup_steps": self.warmup_steps or self.steps,
             "compile_s": self.compile_s,
@@ -522,7 +523,7 @@ def warmup_steps(steps: int, config: InversionConfig) -> int:
     loop = resolve_loop(config.loop)
 
     def shapes(s: int) -> set[tuple[int, bool]]:
-        seg = _segments(s, config.unroll, config.check_every, loop)
+        seg = step_segments(config.replace(steps=s), loop)
         return {(k, i == len(seg) - 1) for i, k in enumerate(seg)}
 
     want = shapes(steps)
@@ -598,7 +599,7 @@ def run_decision(
         name=name,
         config=config,
         decision_stop=decision_stop,
-        batch=max(1, config.max_batch // config.restarts),
+        batch=images_per_call(config),
         verdict=np.asarray(att.verdict),
         calibrated=np.asarray(att.calibrated_loss, np.float64),
         steps_run=int(np.sum(att.model_result.steps_run)),
@@ -754,7 +755,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     # ---- the floor
     rates = [floor_mod.jax_matmul_gflops()]
     gflops = rates[0]
-    floor = floor_mod.floor_report(model.config, RESTARTS, SPEC_STEPS, gflops)
+    floor = floor_mod.floor_report(model.config, RESTARTS, PAPER_STEPS, gflops)
     xla_flops = floor_mod.xla_forward_flops(model.generator, batch=8)
     floor["xla_forward_flops"] = xla_flops
     results["floor"] = floor
@@ -777,18 +778,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         jax_vars = [_jax_variant(model, sample, b, "float32", settings.steps) for b in settings.batches]
         jax_vars += [_jax_variant(model, sample, b, "bfloat16", settings.steps) for b in settings.bf16_batches]
         timing = bench.variants(settings.steps) + jax_vars
-        log(f"timing {settings.steps} steps (extrapolated x{SPEC_STEPS / settings.steps:g} to {SPEC_STEPS}), "
+        log(f"timing {settings.steps} steps (extrapolated x{PAPER_STEPS / settings.steps:g} to {PAPER_STEPS}), "
             f"{settings.reps} interleaved rounds, best taken")
 
         def round_done() -> None:
-            part = floor_mod.floor_report(model.config, RESTARTS, SPEC_STEPS, max(rates))
+            part = floor_mod.floor_report(model.config, RESTARTS, PAPER_STEPS, max(rates))
             results["timing"] = timing_rows(timing, part)
             save()
 
         run_interleaved(timing, settings.reps, log, probe=lambda: rates.append(floor_mod.jax_matmul_gflops(reps=3)),
                         on_round=round_done)
         # the floor at the best matmul rate seen (measured once per round, interleaved)
-        floor = floor_mod.floor_report(model.config, RESTARTS, SPEC_STEPS, max(rates))
+        floor = floor_mod.floor_report(model.config, RESTARTS, PAPER_STEPS, max(rates))
         floor["xla_forward_flops"] = xla_flops
         floor["matmul_gflops_samples"] = rates
         results["floor"] = floor
@@ -824,8 +825,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "baseline": base_name,
             "baseline_runs": sum(len(v.samples) for v in pool),
             "jax": best.name,
-            "baseline_s_per_image_1500": base_s * SPEC_STEPS / settings.steps,
-            "jax_s_per_image_1500": best.per_image_spec,
+            "baseline_s_per_image_1500": base_s * PAPER_STEPS / settings.steps,
+            "jax_s_per_image_1500": best.per_image_1500,
             "speedup": base_s / best.per_image,
             "speedup_vs_each_baseline": {v.name: v.per_image / best.per_image for v in torch_timed},
         }
@@ -840,7 +841,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         s = summary["equal_work"]
         each = ", ".join(f"{k} {r:.2f}x" for k, r in s["speedup_vs_each_baseline"].items())
         log(f"equal work: {s['jax']} {s['jax_s_per_image_1500']:.2f} s/image vs {s['baseline']} "
-            f"{s['baseline_s_per_image_1500']:.2f} s/image at {SPEC_STEPS} steps (timed at {settings.steps}; "
+            f"{s['baseline_s_per_image_1500']:.2f} s/image at {PAPER_STEPS} steps (timed at {settings.steps}; "
             f"float32; baseline = best of its {s['baseline_runs']} timed runs in this process; "
             f"timing-table ratios: {each})")
     if decisions is not None:
@@ -855,7 +856,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 def timing_rows(variants: Sequence[Variant], floor: dict[str, Any]) -> list[dict[str, Any]]:
     """The JSON rows of the timing table (variants not timed yet are left out)."""
     f2 = floor["floor_s_per_image_x2"]
-    return [v.as_dict() | {"floor_gap_x2": v.per_image_spec / f2} for v in variants if v.samples]
+    return [v.as_dict() | {"floor_gap_x2": v.per_image_1500 / f2} for v in variants if v.samples]
 
 
 def write_json(path: str | Path, data: dict[str, Any]) -> None:
@@ -873,9 +874,9 @@ def _print_timing(variants: list[Variant], floor: dict[str, Any], log: Callable[
     log(f"{'variant':22s} {'s/img@S':>9s} {'s/img@1500':>10s} {'img/s@1500':>10s} {'vs base':>8s} "
         f"{'compile s':>9s} {'peak RSS':>9s} {'(+call)':>9s} {'dev peak':>9s} {'x floor':>8s}")
     for v in variants:
-        log(f"{v.name:22s} {v.per_image:9.4f} {v.per_image_spec:10.3f} {1 / v.per_image_spec:10.3f} "
+        log(f"{v.name:22s} {v.per_image:9.4f} {v.per_image_1500:10.3f} {1 / v.per_image_1500:10.3f} "
             f"{base.per_image / v.per_image:7.2f}x {v.compile_s:9.2f} {_fmt_bytes(v.peak_rss):>9s} "
-            f"{f'+{v.rss_growth / 2**20:.0f} MiB':>9s} {_fmt_bytes(v.device_peak):>9s} {v.per_image_spec / f2:7.1f}x")
+            f"{f'+{v.rss_growth / 2**20:.0f} MiB':>9s} {_fmt_bytes(v.device_peak):>9s} {v.per_image_1500 / f2:7.1f}x")
     for v in variants:
         if v.note:
             log(f"  ({v.name}: {v.note})")
@@ -899,7 +900,7 @@ def _decisions(
     images, labels, source = decision_images(model, n)
     jax_f32 = [v for v in timing if v.kind == "jax" and v.precision == "float32"]
     es_batch = settings.es_batch or (
-        min(jax_f32, key=lambda v: v.per_image).batch if jax_f32 else max(1, default_max_batch() // RESTARTS)
+        min(jax_f32, key=lambda v: v.per_image).batch if jax_f32 else images_per_call(InversionConfig(restarts=RESTARTS))
     )
     base_cfg = InversionConfig(steps=steps, restarts=RESTARTS, lr=LR)
     log(f"decisions: {n} belonging (generated, 8-bit) + {n} non-belonging ({source}), interleaved; "

@@ -9,7 +9,8 @@ import pytest
 
 from ronan_jax.engine.config import InversionConfig
 from ronan_jax.engine.generator import Generator
-from ronan_jax.engine.invert import compiled_program, image_key, invert, resolve_loop
+from ronan_jax.engine.invert import image_prng_key, invert
+from ronan_jax.engine.program import compiled_program, resolve_loop
 from ronan_jax.models import dcgan
 
 CFG = InversionConfig(steps=40, restarts=4, lr=0.1, loop="chunked", unroll=10)
@@ -74,12 +75,12 @@ def test_same_seed_is_deterministic_and_other_seed_differs(tiny_gen, mixed_image
     assert not np.allclose(a.restart_best, c.restart_best)
 
 
-def test_image_key_depends_on_content_only():
+def test_image_prng_key_depends_on_content_only():
     img = np.zeros((4, 4, 1), np.float32)
-    k1 = jax.random.key_data(image_key(0, img))
-    k2 = jax.random.key_data(image_key(0, img.copy()))
-    k3 = jax.random.key_data(image_key(0, img + 1 / 255))
-    k4 = jax.random.key_data(image_key(1, img))
+    k1 = jax.random.key_data(image_prng_key(0, img))
+    k2 = jax.random.key_data(image_prng_key(0, img.copy()))
+    k3 = jax.random.key_data(image_prng_key(0, img + 1 / 255))
+    k4 = jax.random.key_data(image_prng_key(1, img))
     assert np.array_equal(k1, k2)
     assert not np.array_equal(k1, k3)
     assert not np.array_equal(k1, k4)

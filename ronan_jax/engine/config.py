@@ -11,13 +11,15 @@ LOOPS = ("auto", "scan", "chunked")
 
 @dataclasses.dataclass(frozen=True)
 class InversionConfig:
-    """How the input of a generator is reverse-engineered (SPEC section 1).
+    """How the input of a generator is reverse-engineered: Adam (learning rate ``lr``) on the
+    input from ``restarts`` random starts for ``steps`` steps, minimising ``metric`` between
+    the generator's output and the image.
 
     Attributes that change results (``steps``, ``restarts``, ``lr``, ``metric``, ``seed``,
     ``precision`` and the early-stopping options when on) form :meth:`result_settings`; the
     rest (``max_batch``, ``loop``, ``unroll``, ``devices``) only change speed and memory.
 
-    Early stopping (off by default, so the SPEC's behaviour is the default), decided every
+    Early stopping (off by default, so the default is the paper's fixed-step run), decided every
     ``check_every`` steps, per image, independently of batch neighbours:
 
     - ``plateau_window`` > 0: a restart stops once its best loss improved by less than
@@ -26,7 +28,7 @@ class InversionConfig:
       running restarts (successive halving).
 
     ``max_batch`` is the number of runs (images x restarts) per device call; 0 picks a
-    backend default (:func:`ronan_jax.engine.invert.default_max_batch`).
+    backend default (:func:`ronan_jax.engine.program.default_max_batch`).
 
     ``devices``: how many of this process's devices share each batch (data parallelism,
     :mod:`ronan_jax.engine.mesh`); 0 means all of them. With several, a call holds up to

@@ -15,6 +15,7 @@ import numpy as np
 
 from ronan_jax.engine.config import InversionConfig
 from ronan_jax.engine.generator import Generator
+from ronan_jax.engine.program import compiled_program, step_segments
 
 
 def device_memory(device: Any = None) -> dict[str, int] | None:
@@ -42,18 +43,15 @@ def call_bytes(generator: Generator, config: InversionConfig, images: int) -> in
     """Device bytes one inversion call of ``images`` images needs besides the resident
     parameters: the compiled step's memory analysis (arguments, outputs, temporaries) plus
     the run table the call is gathered from. Compiles the step for that shape."""
-    from ronan_jax.engine.invert import compiled_program, resolve_loop
-
     program = compiled_program(generator, config)
     keys = jnp.stack([jax.random.key(i) for i in range(images)])
-    state = jax.eval_shape(lambda k: program.init(program.start(k)), keys)
+    state = jax.eval_shape(program.initial_state, keys)
     runs = images * config.restarts  # the step sees one target (and condition) row per run
     targets = jax.ShapeDtypeStruct((runs, *generator.output_shape), jnp.float32)
     cond = None if generator.condition is None else jax.eval_shape(lambda: generator.batched_condition(runs))
-    # the first step segment, as invert cuts them (at check_every and, chunked, every unroll)
-    piece = config.unroll if resolve_loop(config.loop) == "chunked" else config.check_every
-    k = min(piece, config.check_every, config.steps)
-    compiled = program.advance.lower(state, generator.params, targets, cond, k, k == config.steps).compile()
+    segments = step_segments(config)  # the first advance call, as invert makes it
+    k, measure_last = segments[0], len(segments) == 1
+    compiled = program.advance.lower(state, generator.params, targets, cond, k, measure_last).compile()
     stats = compiled.memory_analysis()
     total = (
         stats.argument_size_in_bytes

@@ -60,14 +60,11 @@ def round_up(n: int, multiple: int) -> int:
 
 
 def shard_rows(tree: Any, mesh: Mesh) -> Any:
-    """Every array leaf of ``tree`` split along its leading axis over the mesh (its length
-    must be a multiple of the device count); scalars (Adam's step count) replicated. A leaf
-    already placed so is not copied."""
-    rows = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
-    whole = NamedSharding(mesh, PartitionSpec())
-    return jax.tree_util.tree_map(
-        lambda x: jax.device_put(x, rows if np.ndim(x) else whole), tree
-    )
+    """Every leaf of ``tree`` split along its leading axis over the mesh (its length must be
+    a multiple of the device count). Every table the driver places has a leading row axis,
+    the optimiser state included (one Adam step count per run), so nothing is replicated
+    here; a leaf without one is an error. A leaf already placed so is not copied."""
+    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec(DATA_AXIS)))
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:

@@ -1,4 +1,5 @@
-"""Reconstruction losses L(M(i), x) for input reverse-engineering (SPEC section 1).
+"""Reconstruction losses L(M(i), x) for input reverse-engineering: how far the generator's
+output M(i) for input i is from the image x, the quantity the engine minimises over i.
 
 Every metric is a pure function ``(x, y) -> scalar`` over ONE unbatched image pair of shape
 ``(H, W, C)`` with values in [0, 1]; callers ``jax.vmap`` it over images and restarts. Inputs
