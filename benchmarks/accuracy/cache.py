@@ -23,7 +23,8 @@ import numpy as np
 
 from ronan_jax.engine.config import InversionConfig
 from ronan_jax.engine.generator import Generator
-from ronan_jax.engine.invert import default_max_batch, invert
+from ronan_jax.engine.invert import invert
+from ronan_jax.engine.program import images_per_call
 
 CACHE_DIR = Path(__file__).resolve().parent / "cache"
 
@@ -116,7 +117,7 @@ def losses(
     if todo and cached_only:
         raise NotCached(f"{label or 'a set'} on {gen.name}: {len(todo)} of {len(shas)} "
                         "images not measured yet")
-    chunk = max(1, (config.max_batch or default_max_batch()) // config.restarts)
+    chunk = images_per_call(config)
     t0 = time.time()
     device = jax.devices()[0].device_kind
     for lo in range(0, len(todo), chunk):

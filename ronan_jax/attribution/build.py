@@ -21,7 +21,7 @@ from ronan_jax.attribution.profile import Profile, belonging_stats, finite_or_no
 from ronan_jax.engine.config import InversionConfig
 from ronan_jax.engine.environment import library_versions
 from ronan_jax.engine.generator import Generator
-from ronan_jax.engine.invert import default_max_batch
+from ronan_jax.engine.program import images_per_call
 
 ProgressFn = Callable[[int, int], None]
 """``progress(done, total)``: images whose losses are measured so far, of all."""
@@ -59,7 +59,7 @@ def build_profile(
         raise ValueError(f"a profile needs n >= 3 images, got {n}")
     config = config or InversionConfig()
     images = quantize_8bit(np.asarray(model.generate(jax.random.key(seed), n)))
-    chunk = max(1, (config.max_batch or default_max_batch()) // config.restarts)
+    chunk = images_per_call(config)
     ident = {
         "model": model.identity,
         "reference": None if reference is None else reference.identity,

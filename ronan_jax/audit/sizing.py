@@ -15,7 +15,7 @@ smaller size is kept for the rest of the run. Only an image that does not fit al
 an error (:data:`OUT_OF_MEMORY`); the other images go on.
 
 Splitting never changes results beyond float rounding: an image's random key comes from the
-seed and its content (:func:`ronan_jax.engine.invert.image_key`) and its runs are independent of
+seed and its content (:func:`ronan_jax.engine.invert.image_prng_key`) and its runs are independent of
 the others in a call, and ``max_batch`` is a speed-only setting (not in
 ``InversionConfig.result_settings``).
 """
@@ -36,6 +36,7 @@ from ronan_jax.audit.config import CPU_BATCH_SIZE
 from ronan_jax.engine.config import InversionConfig
 from ronan_jax.engine.generator import Generator
 from ronan_jax.engine.memory import device_memory, per_image_bytes
+from ronan_jax.engine.program import images_per_call
 
 T = TypeVar("T")
 
@@ -58,15 +59,6 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return any(marker.lower() in text for marker in _OOM_MARKERS)
 
 
-def engine_images_per_call(config: InversionConfig, devices: int = 1, backend: str | None = None) -> int:
-    """Images per call the engine takes by itself: ``max_batch`` (or the backend default)
-    // restarts, per device (as :func:`ronan_jax.engine.invert.invert` chunks)."""
-    from ronan_jax.engine.invert import default_max_batch
-
-    max_batch = config.max_batch or default_max_batch(backend)
-    return max(1, max_batch // config.restarts) * max(1, devices)
-
-
 def default_batch_size(config: InversionConfig | None = None, backend: str | None = None) -> int:
     """Images per batch (and per commit) when the user does not say: small on CPU (rows are
     committed often and the first results come quickly); on accelerators as many images as
@@ -82,7 +74,7 @@ def default_batch_size(config: InversionConfig | None = None, backend: str | Non
     except RuntimeError:  # that backend is not present here (a planning question)
         local = 1
     devices = min(config.devices, local) if config.devices else local
-    return engine_images_per_call(config, devices, backend)
+    return images_per_call(config, devices, backend)
 
 
 def _floor_pow2(n: int) -> int:
@@ -239,7 +231,7 @@ def plan(
         devices = device_count(config.devices)
     except ValueError:
         devices = 1
-    sizer = BatchSizer(engine_images_per_call(config, devices), config.restarts, devices)
+    sizer = BatchSizer(images_per_call(config, devices), config.restarts, devices)
     stats = memory()
     if stats is None:
         return sizer
