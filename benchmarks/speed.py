@@ -79,7 +79,7 @@ from ronan_jax.engine.generator import Generator
 from ronan_jax.engine.invert import invert
 from ronan_jax.engine.program import images_per_call, resolve_loop, step_segments
 from ronan_jax.models import dcgan
-from ronan_jax.report._summary import auc_diverged_last
+from ronan_jax.report import auc_diverged_last
 
 PAPER_STEPS = 1500
 RESTARTS = 8

@@ -13,6 +13,7 @@ import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch_helpers import save_cuda_tagged
 
 from converters.api import convert
 from converters.dcgan import class_conditioned, convert_dcgan
@@ -226,21 +227,13 @@ def test_key_prefix_variants(tmp_path, variant):
     assert_parity(gen, model, nz=8)
 
 
-def _save_with_cuda_tags(obj, path, legacy: bool) -> None:
-    """torch.save as on a GPU machine: every storage's location tag says 'cuda:0'."""
-    original = torch.serialization.location_tag
-    torch.serialization.location_tag = lambda storage: "cuda:0"
-    try:
-        torch.save(obj, path, _use_new_zipfile_serialization=not legacy)
-    finally:
-        torch.serialization.location_tag = original
 
 
 @pytest.mark.parametrize("legacy", [False, True])
 def test_legacy_and_cuda_tagged(tmp_path, legacy):
     model = make_torch_dcgan(depth=5)
     torch.save(model.state_dict(), tmp_path / "plain.pth", _use_new_zipfile_serialization=not legacy)
-    _save_with_cuda_tags(model.state_dict(), tmp_path / "cuda.pth", legacy)
+    save_cuda_tagged(model.state_dict(), tmp_path / "cuda.pth", legacy)
     raw = (tmp_path / "cuda.pth").read_bytes()
     if legacy:
         assert b"cuda:0" in raw and raw[:1] == b"\x80"

@@ -12,6 +12,7 @@ import pytest
 import safetensors.numpy
 import safetensors.torch
 import torch
+from torch_helpers import save_cuda_tagged
 
 from converters.errors import (
     ConversionError,
@@ -48,13 +49,6 @@ def _same(loaded: dict[str, np.ndarray], state: dict[str, torch.Tensor]) -> None
         assert loaded[k].dtype == v.numpy().dtype and np.array_equal(loaded[k], v.numpy())
 
 
-def _save_cuda_tagged(obj, path, legacy: bool) -> None:
-    original = torch.serialization.location_tag
-    torch.serialization.location_tag = lambda storage: "cuda:0"
-    try:
-        torch.save(obj, path, _use_new_zipfile_serialization=not legacy)
-    finally:
-        torch.serialization.location_tag = original
 
 
 def test_safetensors_without_torch_path(tmp_path):
@@ -79,7 +73,7 @@ def test_torch_formats(tmp_path, legacy, cuda):
     state = _state()
     path = tmp_path / "sd.pth"
     if cuda:
-        _save_cuda_tagged(state, path, legacy)
+        save_cuda_tagged(state, path, legacy)
     else:
         torch.save(state, path, _use_new_zipfile_serialization=not legacy)
     assert sniff(path) == ("torch-legacy" if legacy else "torch-zip")

@@ -20,6 +20,8 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
+from torch_helpers import CM_LAYOUT, TINY_UNET  # noqa: E402
+
 from converters.diffusers_unet import convert_unet, unet_key_map  # noqa: E402
 from converters.errors import (  # noqa: E402
     ArchitectureError,
@@ -29,26 +31,10 @@ from converters.errors import (  # noqa: E402
 from ronan_jax.models import diffusion, unet2d  # noqa: E402
 from ronan_jax.models.checkpoint import load_generator, save_generator  # noqa: E402
 
-TINY = dict(
-    sample_size=16,
-    block_out_channels=(16, 32),
-    layers_per_block=1,
-    norm_num_groups=8,
-    down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-    up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-    attention_head_dim=8,
-)
+TINY = TINY_UNET
 VARIANTS = {
     "default": {},
-    # openai consistency-model layout: resnet samplers, scale-shift, class embedding.
-    "cm": dict(
-        num_class_embeds=10,
-        resnet_time_scale_shift="scale_shift",
-        down_block_types=("ResnetDownsampleBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "ResnetUpsampleBlock2D"),
-        downsample_type="resnet",
-        upsample_type="resnet",
-    ),
+    "cm": CM_LAYOUT,
     # DDPM-CIFAR-like knobs, three levels, two layers per block, one head per attention.
     "ddpm": dict(
         block_out_channels=(8, 16, 16),

@@ -10,6 +10,8 @@ import pytest
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
+from torch_helpers import CM_LAYOUT, TINY_UNET  # noqa: E402
+
 from converters.consistency import convert_consistency  # noqa: E402
 from converters.errors import ArchitectureError  # noqa: E402
 from ronan_jax.models import diffusion  # noqa: E402
@@ -94,19 +96,7 @@ def test_cm_schedule_rejects_bad_timesteps():
 
 # ----------------------------------------------------------------------------- CM generator
 
-CM_UNET = dict(
-    sample_size=16,
-    block_out_channels=(16, 32),
-    layers_per_block=1,
-    norm_num_groups=8,
-    attention_head_dim=8,
-    num_class_embeds=10,
-    resnet_time_scale_shift="scale_shift",
-    down_block_types=("ResnetDownsampleBlock2D", "AttnDownBlock2D"),
-    up_block_types=("AttnUpBlock2D", "ResnetUpsampleBlock2D"),
-    downsample_type="resnet",
-    upsample_type="resnet",
-)
+CM_UNET = {**TINY_UNET, **CM_LAYOUT}
 
 
 def nhwc(t):

@@ -22,7 +22,7 @@ from ronan_jax.attribution import grubbs
 from ronan_jax.attribution.profile import Profile, belonging_stats
 from ronan_jax.engine.config import InversionConfig
 from ronan_jax.models.resolver import shipped_profile
-from ronan_jax.report._summary import auc_diverged_last
+from ronan_jax.report import auc_diverged_last
 
 PROFILE_SEED = 0
 TEST_SEED = 1

@@ -84,7 +84,7 @@ def build_profile(
     ref_loss = None if reference is None else np.array([done[i][1] for i in range(n)])
     cal = calibrate(loss, ref_loss)
     mu, sigma, n_used, trimmed = belonging_stats(cal, alpha, trim_outliers)
-    return Profile(
+    profile = Profile(
         model=_with_spec(model.identity, model_spec),
         reference=None if reference is None else _with_spec(reference.identity, reference_spec),
         config=config.result_settings(),
@@ -102,6 +102,7 @@ def build_profile(
         created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         trimmed=trimmed,
     )
+    return profile.sealed()  # what its loader accepts, with its digest
 
 
 def _with_spec(identity: dict[str, str], spec: str | None) -> dict[str, str]:
