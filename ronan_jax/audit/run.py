@@ -29,6 +29,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ronan_jax.audit.config import AuditCounts, AuditSummary, ProgressFn
@@ -39,8 +40,8 @@ from ronan_jax.audit.rows import BatchOutcome, ContentCache, judge_batch
 from ronan_jax.audit.shards import ProcessShard
 from ronan_jax.audit.sizing import BatchSizer, default_batch_size
 from ronan_jax.audit.sizing import plan as plan_batches
-from ronan_jax.inputs import Batcher, iter_records
-from ronan_jax.results.store import ResultStore
+from ronan_jax.inputs import Batch, Batcher, iter_records
+from ronan_jax.results.store import ResultStore, RunInfo
 from ronan_jax.results.telemetry import BatchTelemetry, memory_in_use
 
 
@@ -79,13 +80,7 @@ def run_audit(
     )
     done = resume_keys(store, run.config_key)
     total = count_pending(inputs, done, shard) if count_total else None
-    root = cfg.resolved_evidence_dir()
-    folder = None if root is None else root / run.config_key[:16]
-    if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)  # an unwritable folder fails before any work
-        if shard is None:  # shards may share an evidence folder: only a lone run owns it
-            sweep_orphans(folder, {r["evidence_path"] for r in store.iter_results(run.config_key)
-                                   if r.get("evidence_path")})
+    folder = _evidence_folder(plan, store, run.config_key, owned=shard is None)
     skip = InputFilter(done, shard)
     counts, seen = AuditCounts(), ContentCache()
 
@@ -100,16 +95,7 @@ def run_audit(
                  channels=c, resize=cfg.resize, max_pixels=cfg.max_pixels,
                  workers=cfg.workers) as batcher:
         for index, batch in enumerate(batcher):
-            calls, splits = sizer.calls, sizer.oom_splits
-            evidence = EvidenceBatch(folder)
-            try:
-                outcome = judge_batch(batch, plan, evidence, sizer, seen)
-                store.write_batch(run.config_key, outcome.rows, run_id=run.run_id)
-            except BaseException:
-                evidence.discard()  # no evidence file without its row (the rerun redoes it)
-                raise
-            store.write_telemetry(run.run_id, run.config_key,
-                                  batch_telemetry(index, outcome, sizer, calls, splits))
+            outcome = _commit_batch(index, batch, plan, store, run, sizer, seen, folder)
             counts.add(outcome.rows, outcome.work)
             report()
             if stop is not None and stop.is_set():
@@ -117,10 +103,42 @@ def run_audit(
                 break
     return AuditSummary.from_counts(
         counts, wall_s=time.perf_counter() - t_start, run_id=run.run_id,
-        config_key=run.config_key, db_path=os.path.abspath(store.path), skipped=skip.skipped, repeated=skip.repeated,
-        stopped=stopped, totals=store.count_by_verdict(run.config_key),
+        config_key=run.config_key, db_path=os.path.abspath(store.path), skipped=skip.skipped,
+        repeated=skip.repeated, stopped=stopped, totals=store.count_by_verdict(run.config_key),
         evidence_dir=None if folder is None else str(folder), batch_sizing=sizer.to_dict(),
     )
+
+
+def _evidence_folder(plan: AuditPlan, store: ResultStore, config_key: str, owned: bool) -> Path | None:
+    """The run's evidence folder, made now (an unwritable place fails before any work) and,
+    when this run alone owns it (no shards), swept of what a killed run left."""
+    root = plan.audit.resolved_evidence_dir()
+    if root is None:
+        return None
+    folder = root / config_key[:16]
+    folder.mkdir(parents=True, exist_ok=True)
+    if owned:
+        sweep_orphans(folder, {r["evidence_path"] for r in store.iter_results(config_key)
+                               if r.get("evidence_path")})
+    return folder
+
+
+def _commit_batch(
+    index: int, batch: Batch, plan: AuditPlan, store: ResultStore, run: RunInfo,
+    sizer: BatchSizer, seen: ContentCache, folder: Path | None,
+) -> BatchOutcome:
+    """Judge one batch and store its rows and telemetry; a failure removes its evidence."""
+    calls, splits = sizer.calls, sizer.oom_splits
+    evidence = EvidenceBatch(folder)
+    try:
+        outcome = judge_batch(batch, plan, evidence, sizer, seen)
+        store.write_batch(run.config_key, outcome.rows, run_id=run.run_id)
+    except BaseException:
+        evidence.discard()  # no evidence file without its row (the rerun redoes it)
+        raise
+    store.write_telemetry(run.run_id, run.config_key,
+                          batch_telemetry(index, outcome, sizer, calls, splits))
+    return outcome
 
 
 def batch_telemetry(
