@@ -186,3 +186,42 @@ def test_convert_refuses_what_is_no_checkpoint_with_exit_2(tmp_path, content):
     result = invoke(["convert", src, "-o", tmp_path / "out"])
     assert result.exit_code == 2, result.output
     assert "cannot convert" in result.output and "Traceback" not in result.output
+
+
+def test_sigkill_while_evidence_is_written_then_rerun_leaves_no_orphan(world, tmp_path):
+    """A real kill in the window between a batch's evidence files and its rows."""
+    import signal
+    import time
+
+    from e2e_helpers import count_rows, start_cli, subprocess_env
+
+    images = write_mixed_folder(world, tmp_path / "images", n=24)  # 48 images, 6 batches
+    db, ev = tmp_path / "k.sqlite", tmp_path / "ev"
+    args = ["audit", images, "--model", world.model, "--profile", world.slow_profile, "--db", db,
+            "--batch-size", BATCH, "--quiet", "--evidence-dir", ev]
+    proc = start_cli(args, subprocess_env(tmp_path / "jax-cache"), tmp_path / "killed.log")
+    caught = False
+    deadline = time.monotonic() + 300
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            files = sum(1 for _ in ev.rglob("*.npz")) if ev.exists() else 0
+            if files > count_rows(db):  # evidence on disk that no committed row points to yet
+                proc.send_signal(signal.SIGKILL)
+                caught = True
+                break
+            time.sleep(0.0005)
+    finally:
+        if proc.poll() is None and not caught:
+            proc.kill()
+        proc.wait(60)
+    assert caught, "the run ended before a batch's evidence could be caught uncommitted"
+    rows_at_kill = count_rows(db)
+    assert rows_at_kill < 48
+    again = invoke(args)
+    assert again.exit_code == 0, again.output
+    rows = db_rows(db)
+    assert len(rows) == 48
+    on_disk = {str(p) for p in ev.rglob("*") if p.is_file()}
+    assert on_disk == {r["evidence_path"] for r in rows if r["evidence_path"]}
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
