@@ -1,6 +1,9 @@
 """Building a belonging profile: generate the model's own images, invert them on the model
 and the reference, and keep the statistics of their calibrated losses.
 
+A conditional model's profile images each get a class drawn by :func:`profile_classes`
+(from the seed, so a caller recomputes them; the profile itself does not list them).
+
 Every finished chunk's losses are appended to a resume file, so a long build survives being
 stopped, and a rerun with other statistics (alpha, trimming) inverts nothing.
 """
@@ -14,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ronan_jax.attribution.calibrate import calibrate, calibrated_losses
+from ronan_jax.attribution.classes import num_classes
 from ronan_jax.attribution.profile import Profile, belonging_stats, finite_or_none, quantize_8bit
 from ronan_jax.engine.config import InversionConfig
 from ronan_jax.engine.environment import library_versions
@@ -39,6 +44,7 @@ def build_profile(
     trim_outliers: bool = False,
     model_spec: str | None = None,
     reference_spec: str | None = None,
+    classes: list[int] | np.ndarray | None = None,
 ) -> Profile:
     """Generate ``n`` images from random inputs of ``model``, quantise them to 8 bits, and
     measure their calibrated losses. ``reference=None`` builds an
@@ -54,11 +60,23 @@ def build_profile(
 
     ``model_spec`` / ``reference_spec``: how the models were named (``builtin:NAME`` or a
     checkpoint path), recorded in the profile so an audit finds the same reference.
+
+    A conditional model (:func:`~ronan_jax.attribution.classes.num_classes` > 0): each
+    image's class is drawn uniformly from ``classes`` (default: all) by
+    :func:`profile_classes`, the image generated with it, and inverted under
+    ``config.class_rule`` ("known": its drawn class; "min": the minimum over classes). The
+    drawn classes are not stored in the profile: :func:`profile_classes` recomputes them.
     """
     if n < 3:
         raise ValueError(f"a profile needs n >= 3 images, got {n}")
     config = config or InversionConfig()
-    images = quantize_8bit(np.asarray(model.generate(jax.random.key(seed), n)))
+    drawn = profile_classes(model, n, seed, classes)
+    if drawn is None:
+        images = quantize_8bit(np.asarray(model.generate(jax.random.key(seed), n)))
+    else:
+        z = model.sample_inputs(jax.random.key(seed), n)
+        out = model.apply_fn(model.params, z, jnp.asarray(drawn, jnp.int32))
+        images = quantize_8bit(np.asarray(out, np.float32))
     chunk = images_per_call(config)
     ident = {
         "model": model.identity,
@@ -67,6 +85,8 @@ def build_profile(
         "seed": seed,
         "n": n,
     }
+    if classes is not None and drawn is not None:
+        ident["classes"] = sorted({int(k) for k in classes})
     done = _read_resume(resume_path, ident)
     if resume_path is not None:  # an unwritable place fails now, not after the inversions
         Path(resume_path).parent.mkdir(parents=True, exist_ok=True)
@@ -74,7 +94,8 @@ def build_profile(
     for lo in range(0, n, chunk):
         hi = min(lo + chunk, n)
         if not all(i in done for i in range(lo, hi)):
-            loss_c, ref_c, _, _, _ = calibrated_losses(model, reference, images[lo:hi], config)
+            cls = None if drawn is None else drawn[lo:hi]
+            loss_c, ref_c, _, _, _ = calibrated_losses(model, reference, images[lo:hi], config, classes=cls)
             for j, i in enumerate(range(lo, hi)):
                 done[i] = (float(loss_c[j]), None if ref_c is None else float(ref_c[j]))
             _append_resume(resume_path, ident, {i: done[i] for i in range(lo, hi)})
@@ -103,6 +124,32 @@ def build_profile(
         trimmed=trimmed,
     )
     return profile.sealed()  # what its loader accepts, with its digest
+
+
+def profile_classes(
+    model: Generator, n: int, seed: int, classes: list[int] | np.ndarray | None = None
+) -> np.ndarray | None:
+    """The class of each of a profile's ``n`` images (``[n]`` int32), as :func:`build_profile`
+    draws them: uniformly from ``classes`` (default: every class of the model), with a key
+    derived from ``seed`` apart from the one that draws the images' inputs. None for an
+    unconditional model. Deterministic, so an audit or a report can recompute them."""
+    c = num_classes(model)
+    if c == 0:
+        if classes is not None:
+            raise ValueError(f"model {model.name!r} is not conditional, but classes were given")
+        return None
+    pool = np.arange(c) if classes is None else np.array(sorted({int(k) for k in classes}), np.int64)
+    if pool.size == 0 or pool.min() < 0 or pool.max() >= c:
+        raise ValueError(
+            f"model {model.name!r} is conditional with {c} classes: classes to draw from must be "
+            f"a non-empty subset of [0, {c}), got {list(pool)}"
+        )
+    key = jax.random.fold_in(jax.random.key(seed), _CLASS_KEY)
+    picks = np.asarray(jax.random.randint(key, (n,), 0, pool.size))
+    return pool[picks].astype(np.int32)
+
+
+_CLASS_KEY = 0x636C7373  # "clss": the profile classes' stream, apart from the inputs' key
 
 
 def _with_spec(identity: dict[str, str], spec: str | None) -> dict[str, str]:

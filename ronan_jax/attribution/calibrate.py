@@ -7,13 +7,14 @@ image is to reconstruct at all, so the ratio removes the image's inherent comple
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from ronan_jax.attribution.classes import check_class_inputs, invert_by_class_rule
 from ronan_jax.engine.config import InversionConfig
 from ronan_jax.engine.generator import Generator
-from ronan_jax.engine.invert import invert
+from ronan_jax.engine.invert import InversionResult, invert
 
 
 def calibrate(loss: np.ndarray, ref_loss: np.ndarray | None) -> np.ndarray:
@@ -29,12 +30,24 @@ def calibrate(loss: np.ndarray, ref_loss: np.ndarray | None) -> np.ndarray:
     return np.where(np.isfinite(ratio), ratio, np.nan).astype(np.float64)
 
 
+class CalibratedLosses(NamedTuple):
+    """What :func:`class_calibrated_losses` measures (arrays of length B)."""
+
+    loss: np.ndarray
+    ref_loss: np.ndarray | None
+    calibrated: np.ndarray
+    model_result: InversionResult
+    reference_result: InversionResult | None
+    winning_class: np.ndarray | None  # the class each image used; None if unconditional
+
+
 def calibrated_losses(
     model: Generator,
     reference: Generator | None,
     images: np.ndarray,
     config: InversionConfig,
     stop_threshold: float | None = None,
+    classes: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, Any, Any]:
     """Losses on the model and on the reference, and their ratio (the model's loss alone
     when uncalibrated).
@@ -46,7 +59,25 @@ def calibrated_losses(
     first, then each image's inversion on the model stops as soon as its calibrated loss is
     below the threshold. Exact for the decision (the model's best loss only falls with more
     steps); the loss reported for such an image is an upper bound of the full run's.
+
+    ``classes``: each image's class for a conditional model under ``config.class_rule``
+    "known" (see :mod:`ronan_jax.attribution.classes`); :func:`class_calibrated_losses`
+    also returns the class each image used.
     """
+    return class_calibrated_losses(model, reference, images, config, stop_threshold, classes)[:5]
+
+
+def class_calibrated_losses(
+    model: Generator,
+    reference: Generator | None,
+    images: np.ndarray,
+    config: InversionConfig,
+    stop_threshold: float | None = None,
+    classes: np.ndarray | None = None,
+) -> CalibratedLosses:
+    """:func:`calibrated_losses` with the class each image was inverted with on the model
+    (``config.class_rule``); the reference is unconditional and inverted once per image."""
+    check_class_inputs(model, config, classes, len(images))
     ref_res = None
     if reference is not None:
         ref = reference.for_shape(tuple(images.shape[1:]))
@@ -54,7 +85,7 @@ def calibrated_losses(
     stop_below = None
     if stop_threshold is not None:
         stop_below = stop_threshold * (1.0 if ref_res is None else ref_res.loss.astype(np.float64))
-    res = invert(model, images, config, stop_below=stop_below)
+    res, winning, _ = invert_by_class_rule(model, images, config, classes, stop_below)
     if ref_res is None:
-        return res.loss, None, res.loss, res, None
-    return res.loss, ref_res.loss, calibrate(res.loss, ref_res.loss), res, ref_res
+        return CalibratedLosses(res.loss, None, res.loss, res, None, winning)
+    return CalibratedLosses(res.loss, ref_res.loss, calibrate(res.loss, ref_res.loss), res, ref_res, winning)

@@ -7,6 +7,7 @@ from typing import Any
 
 PRECISIONS = ("float32", "bfloat16")
 LOOPS = ("auto", "scan", "chunked")
+CLASS_RULES = ("known", "min", "zero")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +34,12 @@ class InversionConfig:
     ``devices``: how many of this process's devices share each batch (data parallelism,
     :mod:`ronan_jax.engine.mesh`); 0 means all of them. With several, a call holds up to
     ``max_batch`` runs per device.
+
+    ``class_rule``: how a conditional model's class is chosen for an image (unconditional
+    models ignore it): ``"known"`` the image's given class, ``"min"`` the minimum loss over
+    all classes (RONAN's rule when the class is unknown), ``"zero"`` an all-zero class
+    vector (where the model family allows one). A result setting, recorded only when it is
+    not ``"known"``, so settings made before it existed compare equal.
     """
 
     steps: int = 1500
@@ -49,6 +56,7 @@ class InversionConfig:
     plateau_rtol: float = 1e-3
     halving_at: tuple[float, ...] = ()
     devices: int = 0
+    class_rule: str = "known"
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -63,6 +71,8 @@ class InversionConfig:
             raise ValueError(f"loop must be one of {LOOPS}, got {self.loop!r}")
         if self.max_batch < 0 or self.unroll < 1 or self.check_every < 1:
             raise ValueError("max_batch must be >= 0, unroll and check_every >= 1")
+        if self.class_rule not in CLASS_RULES:
+            raise ValueError(f"class_rule must be one of {CLASS_RULES}, got {self.class_rule!r}")
         if self.devices < 0:
             raise ValueError(f"devices must be >= 0 (0: all local devices), got {self.devices}")
         if self.plateau_window < 0 or self.plateau_window % self.check_every:
@@ -92,6 +102,8 @@ class InversionConfig:
                 plateau_rtol=self.plateau_rtol,
                 halving_at=list(self.halving_at),
             )
+        if self.class_rule != "known":
+            out["class_rule"] = self.class_rule
         return out
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,0 +1,146 @@
+"""Class-conditional models: which class an image is inverted with (``config.class_rule``).
+
+A conditional generator draws an image of one class; attributing an image to it needs that
+class. ``"known"`` uses each image's given class, ``"min"`` RONAN's rule when the class is
+unknown (``A(M, x) = min_k A(M_k, x)``, all classes inverted in one engine call), ``"zero"``
+an all-zero class vector (what the StyleGAN authors' code feeds an unlabelled image).
+
+A generator whose condition is already fixed (a class-conditioned one) counts as
+unconditional here: its class is part of the model.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+
+from ronan_jax.engine.config import InversionConfig
+from ronan_jax.engine.generator import Generator
+from ronan_jax.engine.invert import InversionResult, invert
+
+# The condition that makes a family's class vector all zeros. DCGAN one-hot encodes its
+# label with ``jax.nn.one_hot``, which maps an out-of-range id (-1) to the zero vector.
+_ZERO_CONDITION: dict[str, int] = {"dcgan": -1}
+
+
+class ClassInversion(NamedTuple):
+    """An inversion under a class rule: per-image results and the class each one used."""
+
+    result: InversionResult  # per image, reduced to its winning class under "min"
+    winning_class: np.ndarray | None  # [B] int64; None for unconditional models and "zero"
+    class_losses: np.ndarray | None  # [B, C] best loss per class under "min", else None
+
+
+def num_classes(generator: Generator) -> int:
+    """How many classes ``generator`` is conditioned on (0: unconditional, or class fixed).
+
+    Read from the model's recorded config (``info["config"]["num_classes"]``), where the
+    model builders record it."""
+    if generator.condition is not None:
+        return 0
+    cfg = generator.info.get("config")
+    return int(cfg.get("num_classes", 0) or 0) if isinstance(cfg, dict) else 0
+
+
+def check_classes(generator: Generator, classes: np.ndarray | None, n: int) -> np.ndarray:
+    """``classes`` as ``[n]`` int32 class ids, or ValueError naming the model, its class
+    count and what is wrong (missing, wrong length, out of range, not integers)."""
+    c = num_classes(generator)
+    where = f"model {generator.name!r} is conditional with {c} classes"
+    if classes is None:
+        raise ValueError(f"{where}: give each image's class, or use class_rule 'min' or 'zero'")
+    arr = np.asarray(classes)
+    if arr.shape != (n,):
+        raise ValueError(f"{where}: {n} images need {n} classes, got shape {arr.shape}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+            raise ValueError(f"{where}: classes must be integers, got {arr.dtype}")
+    arr = arr.astype(np.int64)
+    bad = (arr < 0) | (arr >= c)
+    if bad.any():
+        raise ValueError(f"{where}: class {int(arr[bad][0])} is outside [0, {c})")
+    return arr.astype(np.int32)
+
+
+def zero_condition(generator: Generator, n: int) -> np.ndarray:
+    """Per-image conditions giving an all-zero class vector; ValueError where the model
+    family has none."""
+    family = generator.info.get("architecture")
+    if family not in _ZERO_CONDITION:
+        raise ValueError(
+            f"class_rule 'zero' is not supported for model {generator.name!r} "
+            f"(architecture {family!r}); use 'known' or 'min'"
+        )
+    return np.full((n,), _ZERO_CONDITION[family], np.int32)
+
+
+def min_over_classes(
+    generator: Generator,
+    images: np.ndarray,
+    config: InversionConfig,
+    stop_below: np.ndarray | None = None,
+) -> ClassInversion:
+    """Invert each image once per class in one engine call and keep its best class.
+
+    The batch is expanded to B*C images (image ``i`` with class ``k`` at row ``i*C + k``,
+    conditions ``tile(arange(C), B)``); every copy of an image gets the image's own PRNG key,
+    so each class's result equals inverting with that class alone. ``stop_below`` (per
+    image) stops each class's run once below it, which is exact for the minimum too.
+    """
+    c = num_classes(generator)
+    if c < 1:
+        raise ValueError(f"model {generator.name!r} is not conditional: no classes to minimise over")
+    images = np.asarray(images, np.float32)
+    b = images.shape[0]
+    expanded = np.repeat(images, c, axis=0)
+    conditions = jnp.asarray(np.tile(np.arange(c, dtype=np.int32), b))
+    stop = None if stop_below is None else np.repeat(np.broadcast_to(np.asarray(stop_below, np.float64), (b,)), c)
+    res = invert(generator, expanded, config, conditions=conditions, stop_below=stop)
+    losses = res.loss.reshape(b, c)
+    winner = np.argmin(np.where(np.isnan(losses), np.inf, losses), axis=1)
+    rows = np.arange(b) * c + winner
+    reduced = InversionResult(*(np.asarray(field)[rows] for field in res))
+    return ClassInversion(reduced, winner.astype(np.int64), losses)
+
+
+def check_class_inputs(
+    generator: Generator, config: InversionConfig, classes: np.ndarray | None, n: int
+) -> None:
+    """Raise ValueError now (before any inversion) if ``classes`` do not suit ``generator``
+    under ``config.class_rule``: given for an unconditional model, or, under "known",
+    missing or out of range for a conditional one."""
+    c = num_classes(generator)
+    if c == 0 and classes is not None:
+        raise ValueError(f"model {generator.name!r} is not conditional, but classes were given")
+    if c and config.class_rule == "known":
+        check_classes(generator, classes, n)
+    if c and config.class_rule == "zero":
+        zero_condition(generator, n)
+
+
+def invert_by_class_rule(
+    generator: Generator,
+    images: np.ndarray,
+    config: InversionConfig,
+    classes: np.ndarray | None = None,
+    stop_below: np.ndarray | None = None,
+) -> ClassInversion:
+    """Invert ``images`` on ``generator`` choosing each image's class by ``config.class_rule``.
+
+    Unconditional models are inverted exactly as by :func:`invert` (``classes`` must then be
+    None); "known" needs ``classes``; "min" ignores them."""
+    images = np.asarray(images, np.float32)
+    check_class_inputs(generator, config, classes, images.shape[0])
+    c = num_classes(generator)
+    if c == 0:
+        return ClassInversion(invert(generator, images, config, stop_below=stop_below), None, None)
+    if config.class_rule == "min":
+        return min_over_classes(generator, images, config, stop_below)
+    if config.class_rule == "zero":
+        cond = jnp.asarray(zero_condition(generator, images.shape[0]))
+        return ClassInversion(invert(generator, images, config, conditions=cond, stop_below=stop_below), None, None)
+    known = check_classes(generator, classes, images.shape[0])
+    res = invert(generator, images, config, conditions=jnp.asarray(known), stop_below=stop_below)
+    return ClassInversion(res, known.astype(np.int64), None)
