@@ -105,8 +105,6 @@ ROW_KEYS: tuple[str, ...] = tuple(name for name, _ in _RESULT_COLUMNS)
 """Keys a result row may have (``write_batch``); ``path`` and ``verdict`` are required."""
 _REQUIRED = ("path", "verdict")
 
-"""The error kind of a row the store cannot read as a result (see the module docstring)."""
-
 _VERDICT_SET = frozenset(VERDICTS)
 _VERDICT_LIST = ", ".join(f"'{v}'" for v in VERDICTS)
 # Whether a stored row is a result (NULL-safe: a NULL verdict is invalid, not unknown).
