@@ -162,3 +162,6 @@ def test_cli_copies_of_library_constants_equal_the_library_s():
     assert results.EXPORT_FORMATS == EXPORT_FORMATS
     assert demo.DEMO_N == DEMO_N
     assert tuple(CONVERTERS) == FORMATS
+    from ronan_jax.engine.config import CLASS_RULES
+
+    assert app.CLASS_RULES == CLASS_RULES

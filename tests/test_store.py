@@ -255,4 +255,31 @@ def test_a_schema_1_database_is_read_merged_and_upgraded(tmp_path):
         assert store.iter_telemetry() == []
         store.write_telemetry(store.runs()[0].run_id, key, {"batch": 0, "images": 2})
     with sqlite3.connect(old) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+
+
+def test_a_schema_2_database_without_class_labels_reads_merges_and_upgrades(tmp_path):
+    old = tmp_path / "v2.db"
+    with ResultStore(old) as store:
+        run = store.start_run(CONFIG)
+        store.write_batch(run.config_key, [row("/a.png"), row("/b.png", "non-belonging")],
+                          run_id=run.run_id)
+    with sqlite3.connect(old) as conn:  # as ronan-jax wrote it before class labels
+        conn.execute("ALTER TABLE results DROP COLUMN class_label")
+        conn.execute("PRAGMA user_version = 2")
+    with ResultStore(old, readonly=True) as store:  # read as it is, the new column as NULL
+        rows = store.iter_results(run.config_key)
+        assert [r["class_label"] for r in rows] == [None, None]
+    merged = tmp_path / "merged.db"
+    with ResultStore(merged) as store:
+        store.write_batch(store.start_run(CONFIG).config_key,
+                          [{**row("/c.png"), "class_label": 4}])
+    assert merge(merged, [old]) == 2
+    with ResultStore(merged) as store:
+        labels = {r["path"]: r["class_label"] for r in store.iter_results(run.config_key)}
+    assert labels == {"/a.png": None, "/b.png": None, "/c.png": 4}
+    with ResultStore(old) as store:  # opened for writing: the column is added
+        store.write_batch(run.config_key, [{**row("/d.png"), "class_label": 1}], run_id=run.run_id)
+    with sqlite3.connect(old) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert conn.execute("SELECT class_label FROM results WHERE path = '/d.png'").fetchone() == (1,)

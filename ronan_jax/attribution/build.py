@@ -65,7 +65,7 @@ def build_profile(
     image's class is drawn uniformly from ``classes`` (default: all) by
     :func:`profile_classes`, the image generated with it, and inverted under
     ``config.class_rule`` ("known": its drawn class; "min": the minimum over classes). The
-    drawn classes are not stored in the profile: :func:`profile_classes` recomputes them.
+    drawn classes are stored in the profile (``Profile.classes``, one per image).
     """
     if n < 3:
         raise ValueError(f"a profile needs n >= 3 images, got {n}")
@@ -122,6 +122,7 @@ def build_profile(
         versions=library_versions(),
         created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         trimmed=trimmed,
+        classes=None if drawn is None else [int(k) for k in drawn],
     )
     return profile.sealed()  # what its loader accepts, with its digest
 

@@ -63,6 +63,8 @@ class Profile:
     # Indices (into ``calibrated_losses``) left out of mu and sigma by ``trim_outliers``.
     trimmed: list[int] = dataclasses.field(default_factory=list)
     digest: str = ""  # set by save(): SHA-256 of everything else (profile_integrity.digest)
+    # A class-conditional model's profile: the class each image was generated from.
+    classes: list[int] | None = None
 
     @property
     def critical_value(self) -> float:

@@ -92,6 +92,13 @@ def _check_shape_and_fields(data: Mapping[str, Any]) -> None:
             and all(isinstance(s, Integral) and not isinstance(s, bool) and s > 0 for s in shape)):
         raise ProfileError(f"profile field 'image_shape' must be [H, W, C], got {shape!r}")
     _integer(data, "seed")
+    classes = data.get("classes")
+    if classes is not None and not (
+            isinstance(classes, list)
+            and all(isinstance(k, Integral) and not isinstance(k, bool) and k >= 0 for k in classes)):
+        raise ProfileError(f"profile field 'classes' must list class numbers, got {classes!r}")
+    if classes is not None and len(classes) != len(data.get("losses") or []):
+        raise ProfileError("profile field 'classes' must give one class per profile image")
 
 
 def _check_statistics(data: Mapping[str, Any], stats: Any) -> None:

@@ -20,6 +20,10 @@ OUT_OF_MEMORY = "out-of-memory"
 INTERNAL = "internal"
 ENGINE_ERROR_KINDS: tuple[str, ...] = (DIVERGED, OUT_OF_MEMORY, INTERNAL)
 
+NO_CLASS = "no-class"
+"""The kind of an image a conditional model cannot judge: its class is not known (it is not
+in the class file of an audit whose profile needs each image's class)."""
+
 INVALID_ROW = "invalid-row"
 """The kind a stored row is read as when it holds no path or a verdict outside
 :data:`VERDICTS` (hand-edited, or written by another tool); such a row is never done."""

@@ -19,7 +19,7 @@ AUDIT_FORMAT = 1
 DEFAULT_DB = "ronan-results.sqlite"
 DEFAULT_MODEL_SPEC = "builtin:dcgan-mnist"
 CPU_BATCH_SIZE = 16
-INVERSION_FLAGS: tuple[str, ...] = ("steps", "restarts", "lr", "metric", "seed")
+INVERSION_FLAGS: tuple[str, ...] = ("steps", "restarts", "lr", "metric", "seed", "class_rule")
 """Inversion settings an audit may name; they must equal the profile's."""
 
 
@@ -32,8 +32,9 @@ class AuditConfig:
     model. ``batch_size`` (images per batch and per commit) None picks
     :func:`default_batch_size`. ``inversion`` holds inversion settings the user named
     (:data:`INVERSION_FLAGS`, and ``devices``); the result-changing ones must equal the
-    profile's. Recorded with the run; only ``resize`` and ``max_pixels`` enter its results
-    key (they change what is compared).
+    profile's. ``class_label`` / ``classes_from`` (a ``path,class`` file) give the images'
+    class for a class-conditional model whose profile needs it. Recorded with the run; only
+    ``resize`` and ``max_pixels`` enter its results key (they change what is compared).
     """
 
     model: str = DEFAULT_MODEL_SPEC
@@ -48,12 +49,16 @@ class AuditConfig:
     quiet: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     inversion: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    class_label: int | None = None
+    classes_from: str | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.class_label is not None and self.classes_from is not None:
+            raise ValueError("give the images' class once: a class for all, or a classes file")
         unknown = set(self.inversion) - {*INVERSION_FLAGS, "devices"}
         if unknown:
             raise ValueError(f"unknown inversion settings {sorted(unknown)}")

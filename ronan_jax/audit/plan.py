@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ronan_jax.attribution.classes import num_classes
 from ronan_jax.attribution.profile import (
     Profile,
     ProfileMismatchError,
@@ -25,6 +26,7 @@ from ronan_jax.engine.config import InversionConfig
 from ronan_jax.engine.environment import library_versions
 from ronan_jax.engine.generator import Generator
 from ronan_jax.models import resolver
+from ronan_jax.results.labels import read_class_labels
 
 
 class AuditPlanError(ValueError):
@@ -48,6 +50,13 @@ class AuditPlan:
     profile: Profile
     config: InversionConfig
     info: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    classes: int | Mapping[str, int] | None = None  # the images' known class (conditional models)
+
+    def class_of(self, path: str, member: str | None) -> int | None:
+        """The known class of an input (None: none is known, or the model needs none)."""
+        if self.classes is None or isinstance(self.classes, int):
+            return self.classes
+        return self.classes.get(f"{path}::{member}" if member else path)
 
     @classmethod
     def from_objects(
@@ -63,8 +72,9 @@ class AuditPlan:
         profile's settings. Raises :class:`ProfileMismatchError` when they do not match."""
         config = config or config_from_profile(profile)
         check_matches_profile(profile, model, reference, config)
-        return cls(audit or AuditConfig(model=model.name), model, reference, profile, config,
-                   dict(info or {}))
+        audit = audit or AuditConfig(model=model.name)
+        return cls(audit, model, reference, profile, config, dict(info or {}),
+                   known_classes(audit, model, config))
 
     @property
     def evidence_dir(self) -> Path | None:
@@ -73,7 +83,13 @@ class AuditPlan:
     def describe_settings(self) -> str:
         """The inversion settings in one phrase, for messages."""
         c = self.config
-        return f"{c.steps} steps x {c.restarts} restarts, lr {c.lr:g}, {c.metric}, seed {c.seed}"
+        text = f"{c.steps} steps x {c.restarts} restarts, lr {c.lr:g}, {c.metric}, seed {c.seed}"
+        classes = num_classes(self.model)
+        if classes and c.class_rule == "min":
+            text += f", class unknown: minimum over {classes} classes ({classes}x the inversions)"
+        elif classes:
+            text += f", class rule {c.class_rule}"
+        return text
 
 
 def check_matches_profile(
@@ -170,6 +186,46 @@ def load_reference_spec(spec: str | None, defaulted: bool) -> Generator | None:
         raise AuditPlanError(f"{exc}{hint}", "reference") from exc
 
 
+def known_classes(
+    audit: AuditConfig, model: Generator, config: InversionConfig
+) -> int | dict[str, int] | None:
+    """The images' class as the audit gives it, checked against the model and the profile's
+    class rule (a conditional model under rule ``known`` needs one; others take none)."""
+    c = num_classes(model)
+    given = audit.class_label is not None or audit.classes_from is not None
+    if not c:
+        if given:
+            raise AuditPlanError(f"model {model.name!r} is not class-conditional: it takes no "
+                                 "class (--class / --classes-from)", "classes")
+        return None
+    if config.class_rule != "known":
+        if given:
+            raise AuditPlanError(f"the profile inverts every image with class rule "
+                                 f"{config.class_rule!r}; it takes no class (--class / "
+                                 "--classes-from)", "classes")
+        return None
+    if not given:
+        raise AuditPlanError(
+            f"model {model.name!r} is class-conditional ({c} classes) and its profile needs each "
+            "image's class: give --class K or --classes-from CSV, or audit with a profile built "
+            "with --class-rule min (class unknown: the minimum over classes, at "
+            f"{c} times the inversion cost)", "classes")
+    if audit.class_label is not None:
+        table: int | dict[str, int] = int(audit.class_label)
+        values = [table]
+    else:
+        try:
+            table = read_class_labels(audit.classes_from)
+        except ValueError as exc:
+            raise AuditPlanError(str(exc), "classes") from exc
+        values = list(table.values())
+    bad = sorted({v for v in values if not 0 <= v < c})
+    if bad:
+        raise AuditPlanError(f"class {bad[0]} is outside [0, {c}) for model {model.name!r}",
+                             "classes")
+    return table
+
+
 def plan_audit(
     audit: AuditConfig, inputs: Sequence[str] = (), info: Mapping[str, Any] | None = None
 ) -> AuditPlan:
@@ -190,7 +246,8 @@ def plan_audit(
         "inputs": list(inputs),
         **(info or {}),
     }
-    return AuditPlan(audit, model, reference, profile, config, run_info)
+    classes = known_classes(audit, model, config)
+    return AuditPlan(audit, model, reference, profile, config, run_info, classes)
 
 
 def run_config(plan: AuditPlan, info: Mapping[str, Any], batch_size: int) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import numpy as np
 
 from ronan_jax.attribution.attribute import Attribution, attribute
 from ronan_jax.attribution.profile import ProfileMismatchError
-from ronan_jax.attribution.verdicts import DIVERGED, ERROR, INTERNAL
+from ronan_jax.attribution.verdicts import DIVERGED, ERROR, INTERNAL, NO_CLASS
 from ronan_jax.audit.config import BatchWork
 from ronan_jax.audit.evidence import EvidenceBatch
 from ronan_jax.audit.plan import AuditPlan
@@ -66,6 +66,8 @@ def judged_fields(att: Attribution, i: int) -> dict[str, Any]:
         "p_value": finite(att.p_value[i]),
         "verdict": verdict,
     }
+    if att.winning_class is not None:  # a conditional model: the class it was judged with
+        row["class_label"] = int(att.winning_class[i])
     if verdict == ERROR:
         row.update(error_kind=DIVERGED, error=diverged_message(att, i))
     return row
@@ -77,7 +79,7 @@ def failed_input_row(item: Item) -> dict[str, Any]:
 
 
 JUDGED_FIELDS = ("loss", "ref_loss", "calibrated_loss", "z", "critical_value", "p_value",
-                 "verdict", "error_kind", "error", "evidence_path")
+                 "verdict", "error_kind", "error", "evidence_path", "class_label")
 """The fields of a row that follow from the image's content alone (given the run's settings)."""
 
 
@@ -90,12 +92,20 @@ class ContentCache:
     def __init__(self) -> None:
         self._fields: dict[str, dict[str, Any]] = {}
 
-    def get(self, sha: str | None) -> dict[str, Any] | None:
-        return None if sha is None else self._fields.get(sha)
+    def get(self, key: str | None) -> dict[str, Any] | None:
+        return None if key is None else self._fields.get(key)
 
-    def keep(self, sha: str | None, row: dict[str, Any]) -> None:
-        if sha is not None and row.get("error_kind") in (None, DIVERGED):
-            self._fields[sha] = {k: row.get(k) for k in JUDGED_FIELDS}
+    def keep(self, key: str | None, row: dict[str, Any]) -> None:
+        if key is not None and row.get("error_kind") in (None, DIVERGED):
+            self._fields[key] = {k: row.get(k) for k in JUDGED_FIELDS}
+
+
+def content_key(item: Item, cls: int | None) -> str | None:
+    """What decides an image's judged fields in a run: its bytes and, for a conditional
+    model judged with the image's known class, that class."""
+    if item.sha256 is None:
+        return None
+    return item.sha256 if cls is None else f"{item.sha256}:{cls}"
 
 
 def _piece_rows(
@@ -127,27 +137,35 @@ def _piece_work(piece: Piece[Attribution], plan: AuditPlan) -> BatchWork:
     return BatchWork(inverted=piece.hi - piece.lo, steps_run=run, steps_budget=budget)
 
 
-def _split_by_content(batch: Batch, seen: ContentCache) -> tuple[list[int], list[int]]:
-    """Positions in ``batch.items`` to invert (first of each new content) and the rest."""
+def _split_by_content(keys: list[str | None], seen: ContentCache) -> tuple[list[int], list[int]]:
+    """Positions to invert (the first of each new content key) and the rest."""
     fresh, repeat, firsts = [], [], set()
-    for pos, item in enumerate(batch.items):
-        if seen.get(item.sha256) is not None or (item.sha256 and item.sha256 in firsts):
+    for pos, key in enumerate(keys):
+        if seen.get(key) is not None or (key and key in firsts):
             repeat.append(pos)
         else:
             fresh.append(pos)
-            if item.sha256:
-                firsts.add(item.sha256)
+            if key:
+                firsts.add(key)
     return fresh, repeat
 
 
+def _no_class_row(item: Item) -> dict[str, Any]:
+    return {**item.row_fields(), "verdict": ERROR, "error_kind": NO_CLASS,
+            "error": "the model is class-conditional and no class is known for this image "
+                     "(it is not in the classes file)"}
+
+
 def _invert_fresh(
-    items: list[Item], images: np.ndarray, plan: AuditPlan, sizer: BatchSizer,
-    evidence: EvidenceBatch,
+    items: list[Item], images: np.ndarray, classes: np.ndarray | None, plan: AuditPlan,
+    sizer: BatchSizer, evidence: EvidenceBatch,
 ) -> tuple[list[tuple[int, dict[str, Any]]], BatchWork]:
-    """Rows and work of the images to invert, in calls that fit in memory."""
+    """Rows and work of the images to invert (with their known classes), in calls that fit."""
     started, t0 = utc_now(), time.perf_counter()
     pieces = run_fitting(
-        lambda lo, hi, cfg: attribute(images[lo:hi], plan.model, plan.reference, plan.profile, cfg),
+        lambda lo, hi, cfg: attribute(
+            images[lo:hi], plan.model, plan.reference, plan.profile, cfg,
+            classes=None if classes is None else classes[lo:hi]),
         len(items), plan.config, sizer, fatal=(ProfileMismatchError,),
     )
     seconds = time.perf_counter() - t0
@@ -171,16 +189,24 @@ def judge_batch(
     seen = seen if seen is not None else ContentCache()
     rows = [(item.index, failed_input_row(item)) for item in batch.failed]
     work = BatchWork()
-    fresh, repeat = _split_by_content(batch, seen)
+    classes = [plan.class_of(item.path, item.member) for item in batch.items]
+    needs_class = plan.classes is not None
+    judged = [p for p, c in enumerate(classes) if c is not None or not needs_class]
+    rows.extend((batch.items[p].index, _no_class_row(batch.items[p]))
+                for p, c in enumerate(classes) if c is None and needs_class)
+    keys = [content_key(batch.items[p], classes[p]) for p in judged]
+    fresh_at, repeat_at = _split_by_content(keys, seen)
+    fresh = [judged[i] for i in fresh_at]
     if fresh:
+        known_classes = np.array([classes[p] for p in fresh], np.int32) if needs_class else None
         fresh_rows, work = _invert_fresh([batch.items[p] for p in fresh], batch.images[fresh],
-                                         plan, sizer, evidence)
-        for (_, row), pos in zip(fresh_rows, fresh, strict=True):
-            seen.keep(batch.items[pos].sha256, row)
+                                         known_classes, plan, sizer, evidence)
+        for (_, row), i in zip(fresh_rows, fresh_at, strict=True):
+            seen.keep(keys[i], row)
         rows.extend(fresh_rows)
-    for pos in repeat:
-        item = batch.items[pos]
-        known = seen.get(item.sha256)
+    for i in repeat_at:
+        item = batch.items[judged[i]]
+        known = seen.get(keys[i])
         if known is None:  # its first copy in this batch failed for a passing reason
             known = {"verdict": ERROR, "error_kind": INTERNAL,
                      "error": "an identical image in the same batch could not be judged"}

@@ -40,7 +40,15 @@ REFERENCE_HELP = (
     "Reference model that calibrates losses (builtin:NAME or checkpoint path), or `none` for "
     "uncalibrated losses. Default: the model's documented default reference."
 )
-PLAN_FIELD_FLAGS = {"model": "--model", "reference": "--reference", "profile": "--profile"}
+CLASS_RULES = ("known", "min", "zero")  # = ronan_jax.engine.config.CLASS_RULES (checked in tests)
+CLASS_RULE_HELP = (
+    "Class-conditional models: the class an image is inverted with. known: each image's class "
+    "(from the profile's draw, --class or --classes-from); min: the class is unknown, the "
+    "minimum over all C classes (RONAN's rule; C times the inversion cost); zero: an all-zero "
+    "class vector (the StyleGAN authors' choice)."
+)
+PLAN_FIELD_FLAGS = {"model": "--model", "reference": "--reference", "profile": "--profile",
+                    "classes": "--class / --classes-from"}
 """The flag that sets each :class:`ronan_jax.audit.AuditConfig` field a plan error names."""
 
 

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ronan_jax.cli.app import (
+    CLASS_RULE_HELP,
+    CLASS_RULES,
     DEFAULT_DB,
     DEFAULT_MODEL_SPEC,
     EXIT_INTERRUPTED,
@@ -46,6 +48,9 @@ if TYPE_CHECKING:
 @click.option("--lr", default=None, type=click.FloatRange(min=0, min_open=True), help="Learning rate (default and required: the profile's).")
 @click.option("--metric", default=None, type=click.Choice(METRIC_NAMES), help="Loss (default and required: the profile's).")
 @click.option("--seed", default=None, type=int, help="Inversion seed (default and required: the profile's).")
+@click.option("--class", "class_label", default=None, type=click.IntRange(min=0), help="Class-conditional models judged with each image's class: the class of every input.")
+@click.option("--classes-from", default=None, type=click.Path(dir_okay=False), help="Class-conditional models: CSV/TSV lines 'path,class' giving each input's class (tar members as 'archive.tar::member'); inputs it does not list are 'no-class' error rows.")
+@click.option("--class-rule", default=None, type=click.Choice(CLASS_RULES), help=CLASS_RULE_HELP + " Default and required: the profile's.")
 @click.option("--devices", default=None, type=click.IntRange(min=1), help="Local devices each batch is split over (data parallel; default: all of this process's).")
 @click.option("--coordinator", default=None, envvar="RONAN_COORDINATOR", metavar="HOST:PORT", help="Multi-host: address of process 0's jax.distributed coordinator (env RONAN_COORDINATOR). Each process audits its share of INPUTS into its own database.")
 @click.option("--num-processes", default=None, envvar="RONAN_NUM_PROCESSES", type=click.IntRange(min=1), help="Multi-host: number of processes (env RONAN_NUM_PROCESSES). Without --coordinator, with --process-id: independent workers, no jax.distributed.")
@@ -69,6 +74,9 @@ def audit(
     lr: float | None,
     metric: str | None,
     seed: int | None,
+    class_label: int | None,
+    classes_from: str | None,
+    class_rule: str | None,
     devices: int | None,
     coordinator: str | None,
     num_processes: int | None,
@@ -122,7 +130,9 @@ def audit(
             workers=workers,
             quiet=quiet,
             inversion={"steps": steps, "restarts": restarts, "lr": lr, "metric": metric,
-                       "seed": seed, "devices": devices},
+                       "seed": seed, "class_rule": class_rule, "devices": devices},
+            class_label=class_label,
+            classes_from=classes_from,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc

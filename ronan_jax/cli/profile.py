@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 import click
 
 from ronan_jax.cli.app import (
+    CLASS_RULE_HELP,
+    CLASS_RULES,
     DEFAULT_MODEL_SPEC,
     MODEL_HELP,
     REFERENCE_HELP,
@@ -37,6 +39,8 @@ METRIC_NAMES = ("mse", "mae", "ssim")  # = ronan_jax.engine.metrics.METRICS name
 @click.option("--lr", default=0.1, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Adam learning rate.")
 @click.option("--metric", default="mse", show_default=True, type=click.Choice(METRIC_NAMES), help="Reconstruction loss.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the generated images and of the inversions.")
+@click.option("--class", "class_pool", multiple=True, type=click.IntRange(min=0), help="Class-conditional models: draw the profile's images from this class (repeatable). Default: all classes, uniformly.")
+@click.option("--class-rule", default="known", show_default=True, type=click.Choice(CLASS_RULES), help=CLASS_RULE_HELP + " Audits use the profile's rule.")
 @click.option("--alpha", default=0.05, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Significance level of Grubbs' test.")
 @click.option("--batch-size", default=None, type=click.IntRange(min=1), help="Images inverted together per device call (default: the engine's per-device choice).")
 @click.option("-o", "--out", default=None, type=click.Path(dir_okay=False), help="Where to write the profile JSON (default: profile-NAME.json).")
@@ -52,6 +56,8 @@ def profile(
     lr: float,
     metric: str,
     seed: int,
+    class_pool: tuple[int, ...],
+    class_rule: str,
     alpha: float,
     batch_size: int | None,
     out: str | None,
@@ -76,7 +82,8 @@ def profile(
     gen = load_model_spec(model)
     ref = load_reference_spec(ref_spec, defaulted=reference is None)
     extra = {} if batch_size is None else {"max_batch": batch_size * restarts}
-    config = InversionConfig(steps=steps, restarts=restarts, lr=lr, metric=metric, seed=seed, **extra)
+    config = InversionConfig(steps=steps, restarts=restarts, lr=lr, metric=metric, seed=seed,
+                             class_rule=class_rule, **extra)
     out_path = Path(out or f"profile-{gen.name}.json")
     # Every measured loss is kept beside the profile: a stopped build resumes, and a rerun
     # with other statistics (--alpha, --trim-outliers) inverts nothing.
@@ -91,7 +98,8 @@ def profile(
     with profile_progress(err, samples, quiet) as progress:
         built = build_profile(
             gen, ref, n=samples, seed=seed, config=config, alpha=alpha, progress=progress,
-            resume_path=resume, trim_outliers=trim_outliers, model_spec=normalize_spec(model),
+            resume_path=resume, trim_outliers=trim_outliers, classes=list(class_pool) or None,
+            model_spec=normalize_spec(model),
             reference_spec=None if ref_spec is None else normalize_spec(ref_spec),
         )
     built.save(out_path)

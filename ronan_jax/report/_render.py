@@ -54,6 +54,7 @@ class _Entry:
     p_value: float | None
     thumbs: dict[str, Thumb]
     evidence_note: str | None
+    class_label: int | None = None  # a class-conditional model: the class it was judged with
 
 
 def _environment() -> Environment:
@@ -285,6 +286,7 @@ def _entries(
                 p_value=finite_or_none(row.get("p_value")),
                 thumbs=thumbs,
                 evidence_note=note,
+                class_label=row.get("class_label") if isinstance(row.get("class_label"), int) else None,
             )
         )
     return out

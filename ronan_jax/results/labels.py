@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from ronan_jax.attribution.verdicts import BELONGING, NON_BELONGING
+
+T = TypeVar("T")
 
 _TRUE_LABELS = frozenset({"1", BELONGING, "true", "yes", "b"})
 _FALSE_LABELS = frozenset({"0", NON_BELONGING, "nonbelonging", "false", "no", "n"})
@@ -22,6 +26,21 @@ def parse_label(text: str) -> bool:
     raise ValueError(f"unknown label {text.strip()!r} (use 1/0 or belonging/non-belonging)")
 
 
+def read_class_labels(path: str | os.PathLike[str]) -> dict[str, int]:
+    """Known classes for an audit of a class-conditional model: a CSV or TSV file of
+    ``path,class`` lines, read by the rules of :func:`read_labels` (last field, tar members as
+    ``archive.tar::member``, paths relative to the file, header and comments skipped); the
+    class is a non-negative integer."""
+    return _read_path_table(path, _parse_class, "class")
+
+
+def _parse_class(text: str) -> int:
+    key = text.strip().strip("\"'")
+    if not key.isdigit():
+        raise ValueError(f"unknown class {text.strip()!r} (use a class number: 0, 1, ...)")
+    return int(key)
+
+
 def read_labels(path: str | os.PathLike[str]) -> dict[str, bool]:
     """Ground truth for a report: a CSV or TSV file of ``path,label`` lines.
 
@@ -30,13 +49,19 @@ def read_labels(path: str | os.PathLike[str]) -> dict[str, bool]:
     as the audit stores absolute paths. Blank lines, ``#`` comments and a header line are
     skipped. Raises ValueError naming the line of any bad entry.
     """
+    return _read_path_table(path, parse_label, "label")
+
+
+def _read_path_table(path: str | os.PathLike[str], parse: Callable[[str], T], what: str) -> dict[str, T]:
+    """``path -> parse(last field)`` of a ``path,value`` file, keyed as the audit stores
+    images (absolute path, ``::member`` for a tar member)."""
     path = Path(path)
     folder = path.absolute().parent
-    labels: dict[str, bool] = {}
+    table: dict[str, T] = {}
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot read labels file {path}: {exc}") from exc
+        raise ValueError(f"cannot read {what}s file {path}: {exc}") from exc
     first = True
     for lineno, raw in enumerate(io.StringIO(text), start=1):
         line = raw.strip()
@@ -44,10 +69,10 @@ def read_labels(path: str | os.PathLike[str]) -> dict[str, bool]:
             continue
         sep = "\t" if "\t" in line else ","
         if sep not in line:
-            raise ValueError(f"{path}:{lineno}: expected 'path{sep}label', got {line!r}")
-        name, label = line.rsplit(sep, 1)
+            raise ValueError(f"{path}:{lineno}: expected 'path{sep}{what}', got {line!r}")
+        name, value = line.rsplit(sep, 1)
         try:
-            value = parse_label(label)
+            parsed = parse(value)
         except ValueError as exc:
             if first:  # a header such as "path,label"
                 first = False
@@ -57,5 +82,5 @@ def read_labels(path: str | os.PathLike[str]) -> dict[str, bool]:
         name = name.strip().strip('"')
         file_part, _, member = name.partition("::")
         file_part = os.path.normpath(os.path.join(folder, os.path.expanduser(file_part)))
-        labels[f"{file_part}::{member}" if member else file_part] = value
-    return labels
+        table[f"{file_part}::{member}" if member else file_part] = parsed
+    return table

@@ -62,8 +62,8 @@ from typing import Any
 
 from ronan_jax.attribution.verdicts import BELONGING, ERROR, INVALID_ROW, NON_BELONGING, VERDICTS
 
-SCHEMA_VERSION = 2
-READABLE_VERSIONS: tuple[int, ...] = (1, 2)
+SCHEMA_VERSION = 3
+READABLE_VERSIONS: tuple[int, ...] = (1, 2, 3)
 """Schema versions this code reads; older ones are upgraded when opened for writing."""
 
 NON_KEY_FIELDS: frozenset[str] = frozenset(
@@ -100,7 +100,11 @@ _RESULT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("seconds", "REAL"),
     ("evidence_path", "TEXT"),
     ("run_id", "TEXT"),
+    ("class_label", "INTEGER"),  # schema 3: a conditional model's class (known, or the winner)
 )
+_ADDED_COLUMNS: dict[str, int] = {"class_label": 3}
+"""Result columns added after schema 1, with the version that added them: older databases
+read them as NULL, and are given them when opened for writing."""
 ROW_KEYS: tuple[str, ...] = tuple(name for name, _ in _RESULT_COLUMNS)
 """Keys a result row may have (``write_batch``); ``path`` and ``verdict`` are required."""
 _REQUIRED = ("path", "verdict")
@@ -329,31 +333,40 @@ def _read_expr(name: str, decl: str) -> str:
     return f"CASE WHEN typeof({name}) = 'blob' THEN CAST({name} AS TEXT) ELSE {name} END"
 
 
-_READ_LIST = ", ".join(
-    ["CAST(config_key AS TEXT)", *(_read_expr(name, decl) for name, decl in _RESULT_COLUMNS)]
-)
+def _read_list(present: set[str]) -> str:
+    """The SELECT list of a results table holding the columns ``present`` (a column added
+    by a later schema reads as NULL)."""
+    return ", ".join(
+        ["CAST(config_key AS TEXT)",
+         *(_read_expr(name, decl) if name in present else "NULL"
+           for name, decl in _RESULT_COLUMNS)]
+    )
+
+
+def _columns(conn: sqlite3.Connection, schema: str = "main") -> set[str]:
+    return {row[1] for row in conn.execute(f"PRAGMA {schema}.table_info(results)")}
 _TELEMETRY_READ = ", ".join(
     _read_expr(name, decl)
     for name, decl in (("run_id", "TEXT"), ("config_key", "TEXT"), ("batch", "INTEGER"),
                        *_TELEMETRY_COLUMNS)
 )
 # An invalid row as merge copies it: an error of kind INVALID_ROW, worded as checked_row does.
-_COPY_LIST = ", ".join(
-    [
-        "config_key",
-        *(
-            {
-                "member": "COALESCE(CAST(member AS TEXT), '')",
-                "verdict": _VERDICT_SQL,
-                "error_kind": f"CASE WHEN {_VALID_SQL} THEN error_kind ELSE '{INVALID_ROW}' END",
-                "error": f"CASE WHEN {_VALID_SQL} THEN error ELSE 'invalid row: verdict ' || "
-                f"quote(verdict) || ' is not one of {', '.join(VERDICTS)}' || "
-                "COALESCE(' (stored error: ' || error || ')', '') END",
-            }.get(name, name)
-            for name in ROW_KEYS
-        ),
-    ]
-)
+_COPY_EXPR = {
+    "member": "COALESCE(CAST(member AS TEXT), '')",
+    "verdict": _VERDICT_SQL,
+    "error_kind": f"CASE WHEN {_VALID_SQL} THEN error_kind ELSE '{INVALID_ROW}' END",
+    "error": f"CASE WHEN {_VALID_SQL} THEN error ELSE 'invalid row: verdict ' || "
+    f"quote(verdict) || ' is not one of {', '.join(VERDICTS)}' || "
+    "COALESCE(' (stored error: ' || error || ')', '') END",
+}
+
+
+def _copy_list(present: set[str]) -> str:
+    """The SELECT list that copies a shard's results table holding the columns ``present``."""
+    return ", ".join(
+        ["config_key", *(_COPY_EXPR.get(name, name) if name in present else "NULL"
+                         for name in ROW_KEYS)]
+    )
 
 
 def _sql_quote(value: Any) -> str:
@@ -532,6 +545,7 @@ class ResultStore:
             raise
         self._conn = conn
         self._has_telemetry = "telemetry" in tables
+        self._read_list = _read_list(_columns(conn))
 
     def _ensure_schema(self, conn: sqlite3.Connection) -> set[str]:
         """Create the tables of a new database, or upgrade an older schema; return the
@@ -550,9 +564,13 @@ class ResultStore:
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif _schema_version(conn, self._name, tables) < SCHEMA_VERSION or (
                 "telemetry" not in tables
-            ):  # schema 2 only adds the telemetry table
+            ):  # schema 2 adds the telemetry table, schema 3 result columns
                 if "telemetry" not in tables:
                     _execute_script(conn, _TELEMETRY_SCHEMA)
+                present = _columns(conn)
+                for name, decl in _RESULT_COLUMNS:
+                    if name in _ADDED_COLUMNS and name not in present:
+                        conn.execute(f"ALTER TABLE results ADD COLUMN {name} {decl}")
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
@@ -701,7 +719,7 @@ class ResultStore:
                 raise StoreError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
             where.append("verdict = ? AND path IS NOT NULL")
             params.append(verdict)
-        sql = f"SELECT {_READ_LIST} FROM results"
+        sql = f"SELECT {self._read_list} FROM results"
         if where:
             sql += " WHERE " + " AND ".join(f"({w})" for w in where)
         sql += " ORDER BY config_key, path, member"  # the table's columns: its unique index
@@ -817,7 +835,7 @@ class ResultStore:
         before = conn.total_changes
         conn.execute(
             f"INSERT INTO results ({_COLUMN_LIST}) "
-            f"SELECT {_COPY_LIST} FROM shard.results "
+            f"SELECT {_copy_list(_columns(conn, 'shard'))} FROM shard.results "
             "WHERE config_key IS NOT NULL AND path IS NOT NULL "
             + _UPSERT_TAIL
             + f" WHERE NOT (excluded.verdict = '{ERROR}' "

@@ -1,0 +1,113 @@
+"""Class-conditional models from the command line: profile and audit with a fixed class, a
+classes file, and the class unknown (minimum over classes); the class is stored per row."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from e2e_helpers import db_rows, invoke, write_png
+
+from ronan_jax.attribution.profile import quantize_8bit
+from ronan_jax.models import dcgan
+from ronan_jax.models.checkpoint import save_generator
+
+C, STEPS, RESTARTS, N = 3, 60, 2, 6
+FLAGS = ["--steps", STEPS, "--restarts", RESTARTS, "--samples", N, "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("conditional")
+    cfg = dcgan.DCGANConfig(nz=8, ngf=4, nc=1, depth=3, batchnorm=False, num_classes=C)
+    variables = dcgan.random_variables(cfg, jax.random.key(0), batch=64)
+    model = root / "cgan"
+    save_generator(model, "dcgan", dataclasses.asdict(cfg), variables, {"name": "cgan"})
+    gen = dcgan.make_generator(cfg, variables, name="cgan")
+    classes = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2])
+    z = gen.sample_inputs(jax.random.key(7), len(classes))
+    images = quantize_8bit(np.asarray(gen.apply_fn(gen.params, z, classes.astype(np.int32))))
+    for i, (img, k) in enumerate(zip(images, classes, strict=True)):
+        write_png(root / "images" / f"class{k}-{i}.png", img)
+    (root / "classes.csv").write_text(
+        "path,class\n" + "".join(f"images/class{k}-{i}.png,{k}\n" for i, k in enumerate(classes[:-1]))
+    )  # the last image is not listed
+    known = root / "known.json"
+    assert invoke(["profile", "--model", model, "--reference", "none", "-o", known, *FLAGS]).exit_code == 0
+    unknown = root / "unknown.json"
+    res = invoke(["profile", "--model", model, "--reference", "none", "--class-rule", "min",
+                  "-o", unknown, *FLAGS])
+    assert res.exit_code == 0, res.output
+    return {"root": root, "model": model, "known": known, "unknown": unknown, "classes": classes}
+
+
+def audit(world, db: Path, profile: Path, *extra) -> tuple[int, str, list[dict]]:
+    res = invoke(["audit", world["root"] / "images", "--model", world["model"], "--reference",
+                  "none", "--profile", profile, "--db", db, "--quiet", *extra])
+    return res.exit_code, res.output, db_rows(db) if db.exists() else []
+
+
+def by_name(rows: list[dict]) -> dict[str, dict]:
+    return {Path(r["path"]).name: r for r in rows}
+
+
+def test_profiles_record_the_drawn_classes_and_the_rule(world):
+    import json
+
+    known, unknown = (json.loads(Path(world[k]).read_text()) for k in ("known", "unknown"))
+    assert len(known["classes"]) == N and set(known["classes"]) <= set(range(C))
+    assert "class_rule" not in known["config"] and unknown["config"]["class_rule"] == "min"
+
+
+def test_a_fixed_class_is_used_for_every_image_and_stored(world, tmp_path):
+    code, out, rows = audit(world, tmp_path / "fixed.sqlite", world["known"], "--class", 2)
+    assert code == 0, out
+    assert len(rows) == 9 and {r["class_label"] for r in rows} == {2}
+
+
+def test_a_classes_file_gives_each_image_its_class_and_unlisted_ones_are_named(world, tmp_path):
+    code, out, rows = audit(world, tmp_path / "file.sqlite", world["known"],
+                            "--classes-from", world["root"] / "classes.csv")
+    assert code == 0, out
+    rows = by_name(rows)
+    for name, row in rows.items():
+        k = int(name[5])
+        if name == "class2-8.png":  # not in the file
+            assert row["verdict"] == "error" and row["error_kind"] == "no-class"
+        else:
+            assert row["class_label"] == k and row["verdict"] in ("belonging", "non-belonging")
+
+
+def test_the_class_unknown_wins_with_the_generating_class(world, tmp_path):
+    code, out, rows = audit(world, tmp_path / "min.sqlite", world["unknown"])
+    assert code == 0, out
+    assert "minimum over 3 classes" in " ".join(out.split())
+    won = {name: row["class_label"] for name, row in by_name(rows).items()}
+    right = sum(won[name] == int(name[5]) for name in won)
+    assert right >= 6, won  # random weights: most images are told apart (chance: 3 of 9)
+
+
+@pytest.mark.parametrize(("profile", "extra", "message"), [
+    ("known", (), "needs each image's class"),
+    ("known", ("--class", 3), "outside [0, 3)"),
+    ("unknown", ("--class", 1), "takes no class"),
+    ("known", ("--class-rule", "min"), "class_rule"),
+])
+def test_a_missing_or_impossible_class_is_a_one_line_usage_error(world, tmp_path, profile, extra, message):
+    code, out, rows = audit(world, tmp_path / "bad.sqlite", world[profile], *extra)
+    assert code == 2, out
+    assert message in " ".join(out.split()) and "Traceback" not in out
+    assert rows == []
+
+
+def test_the_report_shows_the_class_each_image_was_judged_with(world, tmp_path):
+    db = tmp_path / "r.sqlite"
+    code, out, _ = audit(world, db, world["known"], "--class", 1)
+    assert code == 0, out
+    res = invoke(["report", db, "-o", tmp_path / "r.html"])
+    assert res.exit_code == 0, res.output
+    html = (tmp_path / "r.html").read_text()
+    assert '<tr><th>class</th><td class="num">1</td>' in html
