@@ -19,14 +19,34 @@ C, STEPS, RESTARTS, N = 3, 60, 2, 6
 FLAGS = ["--steps", STEPS, "--restarts", RESTARTS, "--samples", N, "--quiet"]
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    root = tmp_path_factory.mktemp("conditional")
+def native_model(root: Path) -> Path:
+    """A tiny conditional DCGAN written by ronan-jax itself (16x16, random weights)."""
     cfg = dcgan.DCGANConfig(nz=8, ngf=4, nc=1, depth=3, batchnorm=False, num_classes=C)
     variables = dcgan.random_variables(cfg, jax.random.key(0), batch=64)
-    model = root / "cgan"
-    save_generator(model, "dcgan", dataclasses.asdict(cfg), variables, {"name": "cgan"})
-    gen = dcgan.make_generator(cfg, variables, name="cgan")
+    save_generator(root / "cgan", "dcgan", dataclasses.asdict(cfg), variables, {"name": "cgan"})
+    return root / "cgan"
+
+
+def torch_model(root: Path) -> Path:
+    """A tiny conditional DCGAN saved by PyTorch (one-hot class concatenated to the noise,
+    random weights, 32x32), converted with `ronan convert --num-classes`."""
+    torch = pytest.importorskip("torch")
+    from test_converters_dcgan import make_torch_dcgan
+
+    net = make_torch_dcgan(seed=3, nz=8, ngf=8, nc=1, depth=4, num_classes=C)
+    torch.save(net.state_dict(), root / "netG.pth")
+    res = invoke(["convert", root / "netG.pth", "-o", root / "cgan", "--num-classes", C])
+    assert res.exit_code == 0, res.output
+    return root / "cgan"
+
+
+@pytest.fixture(scope="module", params=["native", "converted-from-pytorch"])
+def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from ronan_jax.models.checkpoint import load_generator
+
+    root = tmp_path_factory.mktemp("conditional")
+    model = (native_model if request.param == "native" else torch_model)(root)
+    gen = load_generator(model)
     classes = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2])
     z = gen.sample_inputs(jax.random.key(7), len(classes))
     images = quantize_8bit(np.asarray(gen.apply_fn(gen.params, z, classes.astype(np.int32))))
