@@ -88,8 +88,8 @@ def test_profile_mismatch_raises_before_anything_is_stored(engine, folder, tmp_p
 def test_diverged_images_are_error_rows_and_not_retried(engine, folder, tmp_path, monkeypatch):
     real_attribute = audit_mod.attribute
 
-    def diverging(images, model, reference, profile, config):
-        att = real_attribute(images, model, reference, profile, config)
+    def diverging(images, model, reference, profile, config, **kw):
+        att = real_attribute(images, model, reference, profile, config, **kw)
         verdict = att.verdict.copy()
         verdict[0] = "error"
         diverged = att.model_result.diverged.copy()
@@ -110,11 +110,11 @@ def test_a_failing_batch_becomes_internal_error_rows_and_the_run_goes_on(engine,
     real_attribute = audit_mod.attribute
     calls = []
 
-    def flaky(images, *args):
+    def flaky(images, *args, **kw):
         calls.append(len(images))
         if len(calls) == 1:
             raise RuntimeError("device fell over")
-        return real_attribute(images, *args)
+        return real_attribute(images, *args, **kw)
 
     monkeypatch.setattr(audit_mod, "attribute", flaky)
     db = tmp_path / "f.sqlite"

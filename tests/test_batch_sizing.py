@@ -181,11 +181,11 @@ def test_an_audit_halves_its_calls_on_out_of_memory_and_gets_the_same_results(
     real_attribute = audit_mod.attribute
     seen: list[tuple[int, int]] = []
 
-    def small_device(images, model, reference, profile, config):
+    def small_device(images, model, reference, profile, config, **kw):
         seen.append((len(images), config.max_batch))
         if len(images) > 2:  # a device that holds 2 images' runs per call
             raise oom()
-        return real_attribute(images, model, reference, profile, config)
+        return real_attribute(images, model, reference, profile, config, **kw)
 
     monkeypatch.setattr(audit_mod, "attribute", small_device)
     summary, rows, telemetry = audit(engine, folder, tmp_path / "s.sqlite")
@@ -209,10 +209,10 @@ def test_an_image_that_alone_does_not_fit_is_an_error_row_and_the_audit_goes_on(
     real_attribute = audit_mod.attribute
     huge = world.belonging[3]
 
-    def picky_device(images, model, reference, profile, config):
+    def picky_device(images, model, reference, profile, config, **kw):
         if any(np.array_equal(img, huge) for img in images):
             raise oom()
-        return real_attribute(images, model, reference, profile, config)
+        return real_attribute(images, model, reference, profile, config, **kw)
 
     monkeypatch.setattr(audit_mod, "attribute", picky_device)
     summary, rows, telemetry = audit(engine, folder, tmp_path / "p.sqlite")
