@@ -15,7 +15,7 @@ ALLOWED: dict[str, set[str]] = {
     "inputs": set(),
     "engine": set(),
     "attribution": {"engine"},
-    "results": {"attribution"},
+    "results": {"attribution", "inputs"},
     "models": {"engine", "zoo"},
     "zoo": {"engine", "models", "attribution", "inputs"},
     "audit": {"engine", "inputs", "attribution", "results", "models"},

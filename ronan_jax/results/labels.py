@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 from ronan_jax.attribution.verdicts import BELONGING, NON_BELONGING
+from ronan_jax.inputs.sources import printable_name
 
 T = TypeVar("T")
 
@@ -59,11 +59,11 @@ def _read_path_table(path: str | os.PathLike[str], parse: Callable[[str], T], wh
     folder = path.absolute().parent
     table: dict[str, T] = {}
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
+        data = path.read_bytes()
+    except OSError as exc:
         raise ValueError(f"cannot read {what}s file {path}: {exc}") from exc
     first = True
-    for lineno, raw in enumerate(io.StringIO(text), start=1):
+    for lineno, (raw, escape) in enumerate(_text_lines(data.removeprefix(b"\xef\xbb\xbf")), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -82,5 +82,20 @@ def _read_path_table(path: str | os.PathLike[str], parse: Callable[[str], T], wh
         name = name.strip().strip('"')
         file_part, _, member = name.partition("::")
         file_part = os.path.normpath(os.path.join(folder, os.path.expanduser(file_part)))
+        if escape:  # raw file-name bytes: the names the audit reported for them
+            file_part, member = printable_name(file_part), printable_name(member)
         table[f"{file_part}::{member}" if member else file_part] = parsed
     return table
+
+
+def _text_lines(data: bytes) -> list[tuple[str, bool]]:
+    """The lines of a labels file and whether each held bytes that are not UTF-8. A valid
+    line is taken as written (names as the audit reports them, e.g. from ``ronan export``);
+    another holds raw file-name bytes, decoded as the file system does."""
+    out = []
+    for raw in data.splitlines():
+        try:
+            out.append((raw.decode("utf-8"), False))
+        except UnicodeDecodeError:
+            out.append((raw.decode("utf-8", "surrogateescape"), True))
+    return out

@@ -203,3 +203,20 @@ def test_non_utf8_names_reach_the_store_with_the_good_rows(folder, tmp_path):
         stored = sorted(os.path.basename(r["path"]) for r in store.iter_results(run.config_key))
     assert stored == ["bad\\xff\\xfename.png#0", "bad\\xff\\xfename.png#2", "good.png#1",
                       "missing\\xff.png#3"]
+
+
+def test_a_labels_file_naming_raw_non_utf8_files_matches_the_reported_names(tmp_path):
+    from ronan_jax.inputs.sources import printable_name
+    from ronan_jax.results.labels import read_class_labels, read_labels
+
+    raw = b"bad\xff\xfename.png"
+    labels = tmp_path / "labels.csv"
+    labels.write_bytes(b"path,label\n" + raw + b",1\n" + b"good.png,0\n"
+                       + b"escaped\\xff.png,1\n")  # the form `ronan export` writes
+    got = read_labels(labels)
+    reported = printable_name(os.fsdecode(os.path.join(os.fsencode(tmp_path), raw)))
+    assert got[reported] is True and reported.encode("utf-8")
+    assert got[str(tmp_path / "good.png")] is False
+    assert got[str(tmp_path / "escaped\\xff.png")] is True  # taken as written
+    (tmp_path / "classes.csv").write_bytes(b"\xef\xbb\xbf" + raw + b",2\n")  # with a BOM
+    assert read_class_labels(tmp_path / "classes.csv") == {reported: 2}
