@@ -106,7 +106,7 @@ def test_missing_or_out_of_range_classes_are_refused(cgan, reference):
 def test_known_rule_uses_the_given_classes(cgan, reference):
     classes = np.array([2, 0, 1])
     images = _images(cgan, classes)
-    loss, ref_loss, cal, _, _ = calibrated_losses(cgan, reference, images, CFG, classes=classes)
+    loss, ref_loss, cal, *_ = calibrated_losses(cgan, reference, images, CFG, classes=classes)
     want = invert(cgan, images, CFG, conditions=jnp.asarray(classes, jnp.int32)).loss
     np.testing.assert_array_equal(loss, want)
     np.testing.assert_array_equal(ref_loss, invert(reference, images, CFG).loss)

@@ -8,7 +8,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ronan_jax.attribution import grubbs
-from ronan_jax.attribution.calibrate import class_calibrated_losses
+from ronan_jax.attribution.calibrate import calibrated_losses
 from ronan_jax.attribution.profile import Profile, check_compatible, config_from_profile
 from ronan_jax.attribution.verdicts import ERROR
 from ronan_jax.engine.config import InversionConfig
@@ -58,7 +58,7 @@ def attribute(
     config = config or config_from_profile(profile)
     check_compatible(profile, model, reference, config)
     images = np.asarray(images, np.float32)
-    loss, ref_loss, cal, res, ref_res, winning = class_calibrated_losses(
+    loss, ref_loss, cal, res, ref_res, winning = calibrated_losses(
         model, reference, images, config, profile.threshold if decision_stop else None, classes
     )
     ok = np.isfinite(cal)

@@ -95,7 +95,8 @@ def build_profile(
         hi = min(lo + chunk, n)
         if not all(i in done for i in range(lo, hi)):
             cls = None if drawn is None else drawn[lo:hi]
-            loss_c, ref_c, _, _, _ = calibrated_losses(model, reference, images[lo:hi], config, classes=cls)
+            measured = calibrated_losses(model, reference, images[lo:hi], config, classes=cls)
+            loss_c, ref_c = measured.loss, measured.ref_loss
             for j, i in enumerate(range(lo, hi)):
                 done[i] = (float(loss_c[j]), None if ref_c is None else float(ref_c[j]))
             _append_resume(resume_path, ident, {i: done[i] for i in range(lo, hi)})

@@ -7,7 +7,7 @@ image is to reconstruct at all, so the ratio removes the image's inherent comple
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -31,7 +31,7 @@ def calibrate(loss: np.ndarray, ref_loss: np.ndarray | None) -> np.ndarray:
 
 
 class CalibratedLosses(NamedTuple):
-    """What :func:`class_calibrated_losses` measures (arrays of length B)."""
+    """What :func:`calibrated_losses` measures (arrays of length B)."""
 
     loss: np.ndarray
     ref_loss: np.ndarray | None
@@ -48,12 +48,12 @@ def calibrated_losses(
     config: InversionConfig,
     stop_threshold: float | None = None,
     classes: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, Any, Any]:
-    """Losses on the model and on the reference, and their ratio (the model's loss alone
-    when uncalibrated).
+) -> CalibratedLosses:
+    """Losses on the model and on the reference, their ratio (the model's loss alone when
+    uncalibrated) and, for a conditional model, the class each image was inverted with.
 
-    Returns (loss, ref_loss, calibrated, model_result, reference_result); the reference
-    generator is adapted to the images' shape (:meth:`Generator.for_shape`).
+    The reference generator is adapted to the images' shape (:meth:`Generator.for_shape`);
+    it is unconditional and inverted once per image.
 
     ``stop_threshold``: a calibrated-loss decision threshold. The reference is inverted
     first, then each image's inversion on the model stops as soon as its calibrated loss is
@@ -61,22 +61,8 @@ def calibrated_losses(
     steps); the loss reported for such an image is an upper bound of the full run's.
 
     ``classes``: each image's class for a conditional model under ``config.class_rule``
-    "known" (see :mod:`ronan_jax.attribution.classes`); :func:`class_calibrated_losses`
-    also returns the class each image used.
+    "known" (see :mod:`ronan_jax.attribution.classes`).
     """
-    return class_calibrated_losses(model, reference, images, config, stop_threshold, classes)[:5]
-
-
-def class_calibrated_losses(
-    model: Generator,
-    reference: Generator | None,
-    images: np.ndarray,
-    config: InversionConfig,
-    stop_threshold: float | None = None,
-    classes: np.ndarray | None = None,
-) -> CalibratedLosses:
-    """:func:`calibrated_losses` with the class each image was inverted with on the model
-    (``config.class_rule``); the reference is unconditional and inverted once per image."""
     check_class_inputs(model, config, classes, len(images))
     ref_res = None
     if reference is not None:

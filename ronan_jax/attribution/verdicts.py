@@ -18,7 +18,6 @@ VERDICTS: tuple[str, ...] = (BELONGING, NON_BELONGING, ERROR)
 DIVERGED = "diverged"
 OUT_OF_MEMORY = "out-of-memory"
 INTERNAL = "internal"
-ENGINE_ERROR_KINDS: tuple[str, ...] = (DIVERGED, OUT_OF_MEMORY, INTERNAL)
 
 NO_CLASS = "no-class"
 """The kind of an image a conditional model cannot judge: its class is not known (it is not
@@ -31,7 +30,3 @@ INVALID_ROW = "invalid-row"
 NOT_RETRIED: frozenset[str] = frozenset({DIVERGED})
 """Error kinds a resumed audit does not retry (the outcome would be the same)."""
 
-
-def is_judged(verdict: str) -> bool:
-    """Whether a verdict is a judgement (belonging or non-belonging), not an error."""
-    return verdict in (BELONGING, NON_BELONGING)

@@ -76,10 +76,6 @@ class AuditPlan:
         return cls(audit, model, reference, profile, config, dict(info or {}),
                    known_classes(audit, model, config))
 
-    @property
-    def evidence_dir(self) -> Path | None:
-        return self.audit.resolved_evidence_dir()
-
     def describe_settings(self) -> str:
         """The inversion settings in one phrase, for messages."""
         c = self.config

@@ -118,8 +118,7 @@ def _evidence_folder(plan: AuditPlan, store: ResultStore, config_key: str, owned
     folder = root / config_key[:16]
     folder.mkdir(parents=True, exist_ok=True)
     if owned:
-        sweep_orphans(folder, {r["evidence_path"] for r in store.iter_results(config_key)
-                               if r.get("evidence_path")})
+        sweep_orphans(folder, store.evidence_paths(config_key))
     return folder
 
 

@@ -671,6 +671,13 @@ class ResultStore:
         with self._failing("cannot read the done images"):
             return {(p, m) for p, m in self._conn.execute(sql, (config_key,))}
 
+    def evidence_paths(self, config_key: str) -> set[str]:
+        """The evidence files the rows of `config_key` point to."""
+        sql = ("SELECT CAST(evidence_path AS TEXT) FROM results "
+               "WHERE config_key = ? AND evidence_path IS NOT NULL")
+        with self._failing("cannot read the evidence paths"):
+            return {p for (p,) in self._conn.execute(sql, (config_key,))}
+
     def write_batch(
         self,
         config_key: str,
