@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ronan_jax.attribution.calibrate import calibrate, calibrated_losses
@@ -75,7 +74,7 @@ def build_profile(
         images = quantize_8bit(np.asarray(model.generate(jax.random.key(seed), n)))
     else:
         z = model.sample_inputs(jax.random.key(seed), n)
-        out = model.apply_fn(model.params, z, jnp.asarray(drawn, jnp.int32))
+        out = model.apply_fn(model.params, z, model.conditions_for_classes(drawn))
         images = quantize_8bit(np.asarray(out, np.float32))
     chunk = images_per_call(config)
     ident = {

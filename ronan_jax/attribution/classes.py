@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import jax.numpy as jnp
 import numpy as np
 
 from ronan_jax.engine.config import InversionConfig
@@ -36,8 +35,10 @@ class ClassInversion(NamedTuple):
 def num_classes(generator: Generator) -> int:
     """How many classes ``generator`` is conditioned on (0: unconditional, or class fixed).
 
-    Read from the model's recorded config (``info["config"]["num_classes"]``), where the
-    model builders record it."""
+    The model builders set ``Generator.num_classes``; a hand-made Generator whose recorded
+    config has ``num_classes`` (and no fixed condition) counts as conditional too."""
+    if generator.num_classes:
+        return int(generator.num_classes)
     if generator.condition is not None:
         return 0
     cfg = generator.info.get("config")
@@ -95,7 +96,7 @@ def min_over_classes(
     images = np.asarray(images, np.float32)
     b = images.shape[0]
     expanded = np.repeat(images, c, axis=0)
-    conditions = jnp.asarray(np.tile(np.arange(c, dtype=np.int32), b))
+    conditions = generator.conditions_for_classes(np.tile(np.arange(c, dtype=np.int32), b))
     stop = None if stop_below is None else np.repeat(np.broadcast_to(np.asarray(stop_below, np.float64), (b,)), c)
     res = invert(generator, expanded, config, conditions=conditions, stop_below=stop)
     losses = res.loss.reshape(b, c)
@@ -139,8 +140,8 @@ def invert_by_class_rule(
     if config.class_rule == "min":
         return min_over_classes(generator, images, config, stop_below)
     if config.class_rule == "zero":
-        cond = jnp.asarray(zero_condition(generator, images.shape[0]))
+        cond = generator.conditions_for_classes(zero_condition(generator, images.shape[0]))
         return ClassInversion(invert(generator, images, config, conditions=cond, stop_below=stop_below), None, None)
     known = check_classes(generator, classes, images.shape[0])
-    res = invert(generator, images, config, conditions=jnp.asarray(known), stop_below=stop_below)
+    res = invert(generator, images, config, conditions=generator.conditions_for_classes(known), stop_below=stop_below)
     return ClassInversion(res, known.astype(np.int64), None)

@@ -79,6 +79,11 @@ class Generator:
         for_shape_fn: optional ``(H, W, C) -> Generator`` for fully convolutional generators
             that can emit other sizes (used for reference models).
         info: free-form provenance (architecture config, source checkpoint, ...).
+        num_classes: classes of a class-conditional model whose class is given per image
+            (0: unconditional, or its class is fixed in ``condition``).
+        class_condition: ``(class ids [N] int32) -> per-image condition pytree`` of a
+            conditional model; ``None`` means the condition is the class ids themselves.
+            Id -1 stands for the all-zero class vector where the family has one.
     """
 
     name: str
@@ -90,10 +95,19 @@ class Generator:
     condition: Any = None
     for_shape_fn: Callable[[tuple[int, int, int]], Generator] | None = None
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    num_classes: int = 0
+    class_condition: Callable[[jax.Array], Any] | None = None
 
     def __post_init__(self) -> None:
         if len(self.output_shape) != 3:
             raise ValueError(f"output_shape must be (H, W, C), got {self.output_shape}")
+        if self.num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
+
+    def conditions_for_classes(self, class_ids: Any) -> Any:
+        """The per-image conditions that make image ``i`` use class ``class_ids[i]``."""
+        ids = jnp.asarray(class_ids, jnp.int32)
+        return ids if self.class_condition is None else self.class_condition(ids)
 
     @property
     def identity(self) -> dict[str, str]:

@@ -98,13 +98,23 @@ class DCGANGenerator(nn.Module):
 
 
 class DCGANDiscriminator(nn.Module):
-    """pytorch/examples discriminator: strided 4x4 convs + BatchNorm + LeakyReLU(0.2), logit."""
+    """pytorch/examples discriminator: strided 4x4 convs + BatchNorm + LeakyReLU(0.2), logit.
+
+    A conditional one (``num_classes > 0``) sees the class as one-hot planes concatenated to
+    the image channels (the classic conditional-GAN discriminator), so the generator must
+    draw the class it is given."""
 
     config: DCGANConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+    def __call__(self, x: jax.Array, label: jax.Array | None = None, train: bool = True) -> jax.Array:
         cfg = self.config
+        if cfg.num_classes:
+            if label is None:
+                raise ValueError("conditional DCGAN discriminator needs a class label")
+            onehot = jax.nn.one_hot(label, cfg.num_classes, dtype=x.dtype)
+            planes = jnp.broadcast_to(onehot[:, None, None, :], (*x.shape[:3], cfg.num_classes))
+            x = jnp.concatenate([x, planes], axis=-1)
         feats = cfg.ndf
         for i in range(cfg.depth - 1):
             x = nn.Conv(feats, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), use_bias=False)(x)
@@ -168,6 +178,7 @@ def make_generator(
         output_shape=(size, size, config.nc),
         condition=None if label is None else jnp.asarray(label, jnp.int32),
         info={"architecture": "dcgan", "config": dataclasses.asdict(config), **info},
+        num_classes=config.num_classes if label is None else 0,
     )
 
 
@@ -191,6 +202,7 @@ def class_conditioned(generator: Generator, label: int) -> Generator:
         name=f"{base}[class={label}]",
         condition=jnp.asarray(label, jnp.int32),
         info={**generator.info, "base_name": base, "label": label},
+        num_classes=0,
     )
 
 

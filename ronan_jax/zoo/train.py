@@ -87,6 +87,7 @@ class TrainRecipe:
 RECIPES: dict[str, TrainRecipe] = {
     "dcgan-mnist": TrainRecipe("gan", steps=3000, batch_size=32, lr=2e-4, b1=0.5),
     "dcgan-mnist-b": TrainRecipe("gan", steps=3000, batch_size=32, lr=2e-4, b1=0.5),
+    "cdcgan-mnist": TrainRecipe("gan", steps=3000, batch_size=32, lr=2e-4, b1=0.5),
     "dcgan-photo": TrainRecipe("gan", steps=5000, batch_size=32, lr=2e-4, b1=0.5),
     "vae-mnist": TrainRecipe("vae", steps=2000, batch_size=64, lr=1e-3),
     "ref-photo": TrainRecipe(
@@ -114,10 +115,14 @@ def _gan_trainer(cfg: dcgan.DCGANConfig, recipe: TrainRecipe) -> tuple[Callable,
     g_opt = optax.adam(recipe.lr, b1=recipe.b1)
     d_opt = optax.adam(recipe.lr, b1=recipe.b1)
 
-    def init(key: jax.Array, images: jax.Array) -> dict[str, Any]:
+    conditional = bool(cfg.num_classes)
+
+    def init(key: jax.Array, data: Any) -> dict[str, Any]:
+        images = data[0] if conditional else data
         g_key, d_key = jax.random.split(key)
         g_vars = dcgan.init_variables(cfg, g_key)
-        d_vars = dict(disc_model.init(d_key, images[:1], train=False))
+        label = jnp.zeros((1,), jnp.int32) if conditional else None
+        d_vars = dict(disc_model.init(d_key, images[:1], label, train=False))
         return {
             "g": g_vars,
             "d": d_vars,
@@ -125,18 +130,27 @@ def _gan_trainer(cfg: dcgan.DCGANConfig, recipe: TrainRecipe) -> tuple[Callable,
             "d_opt": d_opt.init(d_vars["params"]),
         }
 
-    def step(state: dict[str, Any], images: jax.Array, key: jax.Array):
-        idx_key, z_key = jax.random.split(key)
+    def step(state: dict[str, Any], data: Any, key: jax.Array):
+        """One update of D then G. ``data``: the images, or (images, labels) for a
+        conditional model: real images keep their own labels, fakes get uniform classes."""
+        idx_key, z_key, c_key = jax.random.split(key, 3)
+        images = data[0] if conditional else data
         idx = jax.random.randint(idx_key, (recipe.batch_size,), 0, images.shape[0])
         real = images[idx] * 2.0 - 1.0  # the generator's tanh range
         z = jax.random.normal(z_key, (recipe.batch_size, cfg.nz), jnp.float32)
+        real_label = data[1][idx] if conditional else None
+        fake_label = (
+            jax.random.randint(c_key, (recipe.batch_size,), 0, cfg.num_classes)
+            if conditional
+            else None
+        )
         g_vars, d_vars = state["g"], state["d"]
 
         def generate(g_params):
             return gen_model.apply(
                 {"params": g_params, "batch_stats": g_vars["batch_stats"]},
                 z,
-                None,
+                fake_label,
                 train=True,
                 mutable=["batch_stats"],
             )
@@ -149,12 +163,14 @@ def _gan_trainer(cfg: dcgan.DCGANConfig, recipe: TrainRecipe) -> tuple[Callable,
             logit_real, upd = disc_model.apply(
                 {"params": d_params, "batch_stats": stats},
                 real,
+                real_label,
                 train=True,
                 mutable=["batch_stats"],
             )
             logit_fake, upd = disc_model.apply(
                 {"params": d_params, "batch_stats": upd["batch_stats"]},
                 jax.lax.stop_gradient(fake),
+                fake_label,
                 train=True,
                 mutable=["batch_stats"],
             )
@@ -172,6 +188,7 @@ def _gan_trainer(cfg: dcgan.DCGANConfig, recipe: TrainRecipe) -> tuple[Callable,
             logit, _ = disc_model.apply(
                 {"params": d_params, "batch_stats": d_stats},
                 fake_images,
+                fake_label,
                 train=True,
                 mutable=["batch_stats"],
             )
@@ -359,11 +376,20 @@ def sample_grid(
 
 
 def save_sample_grid(gen: Generator, path: str | Path, seed: int) -> Path:
-    """Write an 8x8 grid of ``gen``'s samples (key ``seed``) as a PNG."""
+    """Write a grid of ``gen``'s samples (key ``seed``) as a PNG: 8x8, or for a
+    class-conditional model C x C with row ``k`` drawn from class ``k``."""
     from PIL import Image
 
-    images = np.asarray(gen.generate(jax.random.key(seed), GRID_SIDE * GRID_SIDE))
-    Image.fromarray(sample_grid(images)).save(path, optimize=True)
+    cfg = gen.info.get("config", {})
+    classes = int(cfg.get("num_classes", 0) or 0) if gen.condition is None else 0
+    if classes:
+        z = gen.sample_inputs(jax.random.key(seed), classes * classes)
+        labels = jnp.repeat(jnp.arange(classes, dtype=jnp.int32), classes)
+        images = np.asarray(gen.apply_fn(gen.params, z, gen.conditions_for_classes(labels)))
+        grid = sample_grid(images, side=classes)
+    else:
+        grid = sample_grid(np.asarray(gen.generate(jax.random.key(seed), GRID_SIDE * GRID_SIDE)))
+    Image.fromarray(grid).save(path, optimize=True)
     return Path(path)
 
 
@@ -413,7 +439,12 @@ def train(
             f"dataset {dataset.name!r} has images {images_np.shape[1:]}, model {name!r} "
             f"emits {entry.output_shape}"
         )
-    images = jnp.asarray(images_np, jnp.float32)
+    images: Any = jnp.asarray(images_np, jnp.float32)
+    if getattr(entry.config, "num_classes", 0):
+        if dataset.labels is None:
+            raise ValueError(f"conditional model {name!r} needs a labelled dataset, not {dataset.name!r}")
+        labels = np.asarray(dataset.labels[: len(images_np)], np.int32)
+        images = (images, jnp.asarray(labels))
 
     (init, step), generator_variables = _trainer_for(entry, recipe)
     init_key, train_key = jax.random.split(jax.random.key(seed))
