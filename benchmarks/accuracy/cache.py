@@ -21,9 +21,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from ronan_jax.attribution.classes import invert_by_class_rule, num_classes
 from ronan_jax.engine.config import InversionConfig
 from ronan_jax.engine.generator import Generator
-from ronan_jax.engine.invert import invert
 from ronan_jax.engine.program import images_per_call
 
 CACHE_DIR = Path(__file__).resolve().parent / "cache"
@@ -96,6 +96,18 @@ def _open(gen: Generator, images_u8: np.ndarray, config: InversionConfig,
     return gen, ident, path, read(path, ident)
 
 
+def record_keys(images_u8: np.ndarray, gen: Generator, config: InversionConfig,
+                classes: np.ndarray | None) -> list[str]:
+    """The cache key of each image: its content, plus its class when a conditional model
+    inverts it with its known class (the loss then depends on the class too)."""
+    shas = [image_sha(im) for im in images_u8]
+    if num_classes(gen) and config.class_rule == "known":
+        if classes is None:
+            raise ValueError(f"{gen.name} is conditional: the images' classes are needed")
+        shas = [f"{s}:class{int(k)}" for s, k in zip(shas, classes, strict=True)]
+    return shas
+
+
 def losses(
     gen: Generator,
     images_u8: np.ndarray,
@@ -104,15 +116,19 @@ def losses(
     log: Callable[[str], None] = print,
     root: Path | None = None,
     cached_only: bool = False,
+    classes: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Best losses and steps run of ``images_u8`` (N, H, W, C) inverted on ``gen``.
 
     ``gen`` is adapted to the images' shape; images already in the cache are not inverted.
-    With ``cached_only``, missing images raise :class:`NotCached` instead.
+    With ``cached_only``, missing images raise :class:`NotCached` instead. A conditional
+    model inverts by ``config.class_rule`` (``classes``: each image's known class); its
+    records also hold the class used (``"class"``) and, under "min", every class's loss
+    (``"class_losses"``), read back by :func:`class_records`.
     """
     images_u8 = np.asarray(images_u8, np.uint8)
     gen, ident, path, done = _open(gen, images_u8, config, root)
-    shas = [image_sha(im) for im in images_u8]
+    shas = record_keys(images_u8, gen, config, classes)
     todo = [i for i, s in enumerate(shas) if s not in done]
     if todo and cached_only:
         raise NotCached(f"{label or 'a set'} on {gen.name}: {len(todo)} of {len(shas)} "
@@ -122,12 +138,20 @@ def losses(
     device = jax.devices()[0].device_kind
     for lo in range(0, len(todo), chunk):
         idx = todo[lo : lo + chunk]
-        res = invert(gen, images_u8[idx].astype(np.float32) / np.float32(255.0), config)
+        cls = None if classes is None or not num_classes(gen) else np.asarray(classes)[idx]
+        out = invert_by_class_rule(gen, images_u8[idx].astype(np.float32) / np.float32(255.0),
+                                   config, cls)
+        res = out.result
         recs = [
             {"sha": shas[i], "loss": float(res.loss[j]), "steps": int(np.sum(res.steps_run[j])),
              "device": device}
             for j, i in enumerate(idx)
         ]
+        for j, rec in enumerate(recs):
+            if out.winning_class is not None:
+                rec["class"] = int(out.winning_class[j])
+            if out.class_losses is not None:
+                rec["class_losses"] = [float(v) for v in out.class_losses[j]]
         append(path, ident, recs)
         done.update({r["sha"]: r for r in recs})
         n_done = lo + len(idx)
@@ -136,6 +160,20 @@ def losses(
     loss = np.array([done[s]["loss"] for s in shas], np.float64)
     steps = np.array([done[s]["steps"] for s in shas], np.int64)
     return loss, steps
+
+
+def class_records(gen: Generator, images_u8: np.ndarray, config: InversionConfig,
+                  classes: np.ndarray | None = None, root: Path | None = None,
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The class each cached image was judged with (``[N]``, -1 where none) and, under
+    class rule "min", every class's loss (``[N, C]``; None otherwise)."""
+    images_u8 = np.asarray(images_u8, np.uint8)
+    gen, _, _, done = _open(gen, images_u8, config, root)
+    recs = [done[s] for s in record_keys(images_u8, gen, config, classes)]
+    winner = np.array([r.get("class", -1) for r in recs], np.int64)
+    if not all("class_losses" in r for r in recs):
+        return winner, None
+    return winner, np.array([r["class_losses"] for r in recs], np.float64)
 
 
 def seed(gen: Generator, images_u8: np.ndarray, config: InversionConfig, loss: np.ndarray,

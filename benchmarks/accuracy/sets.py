@@ -31,6 +31,7 @@ import jax
 import numpy as np
 
 from ronan_jax import zoo
+from ronan_jax.attribution.build import profile_classes
 from ronan_jax.attribution.profile import quantize_8bit
 from ronan_jax.engine.generator import LUMA_WEIGHTS, Generator
 from ronan_jax.models.checkpoint import CARD_FILE, load_generator
@@ -123,10 +124,17 @@ def _generated(rest: str, n: int) -> np.ndarray:
     path = IMAGES_DIR / f"{model}-seed{seed}-n{n}.npz"
     if path.is_file() and _same_model(path, gen.param_hash):
         return _stored(path)
-    images = to_u8(quantize_8bit(np.asarray(gen.generate(jax.random.key(int(seed)), n))))
+    drawn = profile_classes(gen, n, int(seed))
+    if drawn is None:
+        out = gen.generate(jax.random.key(int(seed)), n)
+    else:  # as build_profile draws a conditional model's images: classes, then inputs
+        z = gen.sample_inputs(jax.random.key(int(seed)), n)
+        out = gen.apply_fn(gen.params, z, gen.conditions_for_classes(drawn))
+    images = to_u8(quantize_8bit(np.asarray(out, np.float32)))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez_compressed(tmp, images=images, param_hash=np.array(gen.param_hash))
+    extra = {} if drawn is None else {"classes": np.asarray(drawn, np.int32)}
+    np.savez_compressed(tmp, images=images, param_hash=np.array(gen.param_hash), **extra)
     try:
         os.link(tmp, path)  # atomic, and refuses to replace a set another process wrote
     except FileExistsError:
@@ -146,6 +154,25 @@ def _same_model(path: Path, param_hash: str) -> bool:
 def _stored(path: Path) -> np.ndarray:
     with np.load(path) as f:
         return f["images"]
+
+
+def load_classes(spec: str, n: int) -> np.ndarray | None:
+    """The class of each image of set ``spec`` (``[n]`` int32), or None where it has none:
+    a conditional model's drawn classes, or the digit of a real MNIST image."""
+    kind, _, rest = spec.partition(":")
+    if kind == "1977":
+        return load_classes(rest, n)
+    if kind == "gen":
+        load_set(spec, n)
+        model, _, seed = rest.rpartition(":")
+        with np.load(IMAGES_DIR / f"{model}-seed{seed}-n{n}.npz") as f:
+            return np.asarray(f["classes"], np.int32) if "classes" in f else None
+    if kind == "data":
+        from ronan_jax.zoo import data
+
+        labels = data.dataset(rest).labels
+        return None if labels is None or rest.startswith("photo-") else np.asarray(labels[:n], np.int32)
+    raise ValueError(f"unknown image set {spec!r} (gen:MODEL:SEED, data:DATASET, 1977:SET)")
 
 
 def load_set(spec: str, n: int) -> np.ndarray:

@@ -47,9 +47,11 @@ def plan(rows: Iterable[Any], config: Any, n: int) -> list[Job]:
     for row in rows:
         cfg = row.settings(config)
         jobs += [Job(row.model, s, n, cfg) for s in row.specs]
-        if row.calibrated:
+        if row.screen is not None:
+            jobs += [Job(row.model, s, n, cfg.replace(steps=row.screen[0])) for s in row.specs]
+        if row.calibrated:  # the reference is unconditional: no class rule
             ref = zoo.default_reference(row.model)
-            jobs += [Job(ref, s, n, cfg) for s in row.specs]
+            jobs += [Job(ref, s, n, cfg.replace(class_rule="known")) for s in row.specs]
     return list(dict.fromkeys(jobs))
 
 
@@ -63,14 +65,18 @@ def run_job(job: Job, cache_root: Path | None = None,
             images_dir: Path | None = None) -> tuple[str, float]:
     """Invert one job's uncached images (in a worker process); returns (job, seconds)."""
     from benchmarks.accuracy import cache, sets
+    from ronan_jax.attribution.classes import num_classes
 
     if images_dir is not None:  # this process only ever runs jobs of one fill_cache call
         sets.IMAGES_DIR = images_dir
     t0 = time.time()
     core = os.environ.get("RONAN_WORKER_CORE", "?")
     images = sets.load_set(job.spec, job.n)
-    cache.losses(sets.load_model(job.model), images, job.config, job.spec,
-                 log=lambda m: print(f"[core {core}]{m}", flush=True), root=cache_root)
+    gen = sets.load_model(job.model)
+    classes = sets.load_classes(job.spec, job.n) if num_classes(gen) else None
+    cache.losses(gen, images, job.config, job.spec,
+                 log=lambda m: print(f"[core {core}]{m}", flush=True), root=cache_root,
+                 classes=classes)
     return str(job), time.time() - t0
 
 

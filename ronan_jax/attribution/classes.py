@@ -103,7 +103,9 @@ def min_over_classes(
     winner = np.argmin(np.where(np.isnan(losses), np.inf, losses), axis=1)
     rows = np.arange(b) * c + winner
     reduced = InversionResult(*(np.asarray(field)[rows] for field in res))
-    return ClassInversion(reduced, winner.astype(np.int64), losses)
+    # The work done is every class's: steps_run sums the restarts' steps over the classes.
+    steps = np.asarray(res.steps_run).reshape(b, c, -1).sum(axis=1)
+    return ClassInversion(reduced._replace(steps_run=steps), winner.astype(np.int64), losses)
 
 
 def check_class_inputs(

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ronan_jax.attribution.attribute import Attribution, attribute
+from ronan_jax.attribution.classes import num_classes
 from ronan_jax.attribution.profile import ProfileMismatchError
 from ronan_jax.attribution.verdicts import DIVERGED, ERROR, INTERNAL, NO_CLASS
 from ronan_jax.audit.config import BatchWork
@@ -131,10 +132,13 @@ def _piece_work(piece: Piece[Attribution], plan: AuditPlan) -> BatchWork:
     if piece.value is None:
         return BatchWork()
     att = piece.value
-    run, budget = step_counts(
-        (att.model_result, att.reference_result), plan.config.restarts, plan.config.steps
-    )
-    return BatchWork(inverted=piece.hi - piece.lo, steps_run=run, steps_budget=budget)
+    restarts, steps = plan.config.restarts, plan.config.steps
+    run, budget = step_counts((att.model_result,), restarts, steps)
+    if plan.config.class_rule == "min":  # every class is inverted: C times the budget
+        budget *= max(1, num_classes(plan.model))
+    ref_run, ref_budget = step_counts((att.reference_result,), restarts, steps)
+    return BatchWork(inverted=piece.hi - piece.lo, steps_run=run + ref_run,
+                     steps_budget=budget + ref_budget)
 
 
 def _split_by_content(keys: list[str | None], seen: ContentCache) -> tuple[list[int], list[int]]:
