@@ -21,8 +21,9 @@ from ronan_jax.engine.generator import Generator
 from ronan_jax.engine.invert import InversionResult, invert
 
 # The condition that makes a family's class vector all zeros. DCGAN one-hot encodes its
-# label with ``jax.nn.one_hot``, which maps an out-of-range id (-1) to the zero vector.
-_ZERO_CONDITION: dict[str, int] = {"dcgan": -1}
+# label with ``jax.nn.one_hot``, which maps an out-of-range id (-1) to the zero vector, and
+# so does StyleGAN2 (in the z space; its w and w+ spaces take no class).
+_ZERO_CONDITION: dict[str, int] = {"dcgan": -1, "stylegan2": -1}
 
 
 class ClassInversion(NamedTuple):
@@ -36,10 +37,13 @@ class ClassInversion(NamedTuple):
 def num_classes(generator: Generator) -> int:
     """How many classes ``generator`` is conditioned on (0: unconditional, or class fixed).
 
-    Read from the model's recorded config (``info["config"]["num_classes"]``), where the
-    model builders record it."""
+    Read from ``info["num_classes"]`` where a builder records the classes the Generator's
+    condition takes (a StyleGAN2 in the w / w+ space takes none: the class is in w), else
+    from the model's recorded config (``info["config"]["num_classes"]``)."""
     if generator.condition is not None:
         return 0
+    if "num_classes" in generator.info:
+        return int(generator.info["num_classes"] or 0)
     cfg = generator.info.get("config")
     return int(cfg.get("num_classes", 0) or 0) if isinstance(cfg, dict) else 0
 
