@@ -408,3 +408,68 @@ def randomize(module: torch.nn.Module, seed: int = 0, lr_multiplier: float = 0.0
             elif name.endswith("w_avg"):
                 b.copy_(draw(b.shape, 0.5))
     return module.eval()
+
+
+# ----------------------------------------------------------------------------- network pickles
+
+
+class Discriminator(_Recorded):
+    """A stand-in ``D`` for crafted network pickles (one parameter; never converted)."""
+
+    def __init__(self, img_resolution: int) -> None:
+        super().__init__()
+        self._record((), dict(c_dim=0, img_resolution=img_resolution, img_channels=3))
+        self.weight = torch.nn.Parameter(torch.randn(4, 3, 3, 3))
+
+
+def network_pickle_bytes(networks: dict[str, Any], module_src: str, protocol: int = 4) -> bytes:
+    """``pickle.dump`` of ``networks`` exactly as NVlabs' persistence writes its modules:
+    every module becomes ``torch_utils.persistence._reconstruct_persistent_obj(meta)`` with
+    ``meta = {type: 'class', version, module_src, class_name, state: its __dict__}``;
+    ``*_kwargs`` values and ``training_set_kwargs`` are ``dnnlib.util.EasyDict``. Stand-in
+    modules of those names exist only while pickling (pickle looks globals up by name)."""
+    import pickle
+    import sys
+    import types
+
+    def _reconstruct_persistent_obj(meta: Any) -> Any:  # pragma: no cover - never unpickled here
+        raise AssertionError("not for loading")
+
+    easy = type("EasyDict", (dict,), {"__module__": "dnnlib.util"})
+    _reconstruct_persistent_obj.__module__ = "torch_utils.persistence"
+    _reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
+    fakes = {
+        "torch_utils": types.ModuleType("torch_utils"),
+        "torch_utils.persistence": types.ModuleType("torch_utils.persistence"),
+        "dnnlib": types.ModuleType("dnnlib"),
+        "dnnlib.util": types.ModuleType("dnnlib.util"),
+    }
+    fakes["torch_utils.persistence"]._reconstruct_persistent_obj = _reconstruct_persistent_obj
+    fakes["dnnlib.util"].EasyDict = easy
+    assert not set(fakes) & set(sys.modules), "real torch_utils / dnnlib must not be importable here"
+
+    def easydicts(d: dict[str, Any]) -> dict[str, Any]:
+        return {k: easy(v) if k.endswith("_kwargs") and isinstance(v, dict) else v for k, v in d.items()}
+
+    class Pickler(pickle.Pickler):
+        def reducer_override(self, obj: Any) -> Any:
+            if isinstance(obj, _Recorded):
+                state = dict(obj.__dict__)
+                state["_init_kwargs"] = easydicts(state["_init_kwargs"])
+                meta = dict(type="class", version=6, module_src=module_src,
+                            class_name=type(obj).__name__, state=state)
+                return (_reconstruct_persistent_obj, (meta,))
+            return NotImplemented
+
+    import io
+
+    buf = io.BytesIO()
+    sys.modules.update(fakes)
+    try:
+        data = {k: v for k, v in networks.items()}
+        data.setdefault("training_set_kwargs", easy(path="data.zip", resolution=32))
+        Pickler(buf, protocol=protocol).dump(data)
+    finally:
+        for name in fakes:
+            sys.modules.pop(name, None)
+    return buf.getvalue()
