@@ -34,7 +34,6 @@ import dataclasses
 import hashlib
 import io
 import pickle
-import pickletools
 import struct
 from collections.abc import Mapping
 from pathlib import Path
@@ -50,7 +49,7 @@ from converters.errors import (
     UnsafeCheckpointError,
     preview,
 )
-from converters.readers import require_finite
+from converters.readers import is_network_pickle, require_finite
 from converters.stylegan2 import nvlabs_variables
 from ronan_jax.models import stylegan2
 
@@ -322,30 +321,6 @@ def read_network_pickle(path: str | Path) -> Any:
         raise CorruptCheckpointError(f"{path}: truncated or corrupt network pickle ({exc})") from exc
 
 
-def is_network_pickle(path: str | Path, max_ops: int = 5000) -> bool:
-    """Whether the file is a pickle whose first globals include NVlabs' persistence hook or
-    dnnlib (scanning opcodes only; nothing is unpickled)."""
-    strings: list[str] = []
-    try:
-        with Path(path).open("rb") as fh:
-            for i, (op, arg, _) in enumerate(pickletools.genops(fh)):
-                if i >= max_ops:
-                    break
-                if op.name in ("GLOBAL", "INST") and isinstance(arg, str):
-                    module = arg.split(" ")[0]
-                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                    module = strings[-2]
-                else:
-                    if isinstance(arg, str):
-                        strings.append(arg)
-                    continue
-                if module.startswith(("torch_utils", "dnnlib")):
-                    return True
-    except (ValueError, EOFError, OSError, pickle.UnpicklingError, struct.error):
-        return False
-    return False
-
-
 def record_tensors(record: PersistentRecord, prefix: str = "") -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """A module record's state dict (``name -> array``, parameters and persistent buffers of
     it and its sub-modules) and the class of every sub-module (``path -> class name``)."""
@@ -469,6 +444,7 @@ def convert_stylegan_pickle(
     """
     src = Path(src)
     source = str(src)
+    network = {n.lower(): n for n in NETWORKS}.get(str(network).lower(), network)
     if network not in NETWORKS:
         raise ConversionError(f"network must be one of {NETWORKS}, got {network!r}")
     data = read_network_pickle(src)
