@@ -32,7 +32,7 @@ from converters.errors import (
     preview,
 )
 from converters.formats import FORMATS
-from converters.readers import sniff
+from converters.readers import checkpoint_strings, is_network_pickle, sniff
 from ronan_jax.models.checkpoint import save_generator
 
 _ENTRY_POINTS = {
@@ -40,6 +40,8 @@ _ENTRY_POINTS = {
     "sd-vae": ("converters.sd_vae", "convert_sd_vae"),
     "diffusers-unet": ("converters.diffusers_unet", "convert_unet"),
     "consistency": ("converters.consistency", "convert_consistency"),
+    "stylegan-pickle": ("converters.stylegan_pickle", "convert_stylegan_pickle"),
+    "stylegan-rosinality": ("converters.stylegan_rosinality", "convert_rosinality"),
 }
 # format -> (module, function), for every format of FORMATS and in its order (a format without
 # an entry point fails here, at import); the function is (src, **options) -> Converted.
@@ -60,11 +62,18 @@ PIPELINE_CLASSES = {
 }
 
 
+# Keys only a rosinality stylegan2-pytorch generator state dict has (both must be present).
+ROSINALITY_KEYS = frozenset({"to_rgb1.conv.weight", "style.1.weight"})
+
+
 def detect_format(path: str | Path) -> str:
     """The :data:`CONVERTERS` format of a checkpoint file or diffusers folder.
 
-    A single state-dict file (``.pth``/``.pt``/``.bin``/``.ckpt``/``.safetensors``, recognised by
-    its bytes) is ``"dcgan"``, the one single-file family; a folder is recognised by its
+    A single file is recognised by its bytes, never its extension, and nothing in it is
+    unpickled: a pickle whose globals name NVlabs' ``torch_utils.persistence`` or ``dnnlib``
+    is ``"stylegan-pickle"``; a PyTorch or safetensors checkpoint whose keys include
+    rosinality's generator keys (``to_rgb1.conv.weight`` and ``style.1.weight``) is
+    ``"stylegan-rosinality"``; any other state-dict file is ``"dcgan"``. A folder is recognised by its
     ``config.json`` (``_class_name`` AutoencoderKL: ``"sd-vae"``, UNet2DModel:
     ``"diffusers-unet"``) or pipeline ``model_index.json`` (:data:`PIPELINE_CLASSES`).
 
@@ -88,7 +97,11 @@ def detect_format(path: str | Path) -> str:
                 )
         raise UnknownFormatError(f"{path}: a folder without config.json or model_index.json")
     if path.is_file():
-        sniff(path)  # raises CorruptCheckpointError for anything but torch/safetensors bytes
+        kind = sniff(path)  # raises CorruptCheckpointError for anything but torch/safetensors bytes
+        if kind == "torch-legacy" and is_network_pickle(path):
+            return "stylegan-pickle"
+        if ROSINALITY_KEYS <= checkpoint_strings(path, kind, ROSINALITY_KEYS):
+            return "stylegan-rosinality"
         return "dcgan"
     raise ConversionError(f"{path}: no such file or folder")
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 __all__ = ["FORMATS"]
 
-FORMATS: tuple[str, ...] = ("dcgan", "sd-vae", "diffusers-unet", "consistency")
+FORMATS: tuple[str, ...] = (
+    "dcgan", "sd-vae", "diffusers-unet", "consistency", "stylegan-pickle", "stylegan-rosinality",
+)
 """``dcgan``: a pytorch/examples DCGAN generator state-dict file; ``sd-vae``: a diffusers
 ``AutoencoderKL`` folder (or a latent-diffusion pipeline's ``vae/``); ``diffusers-unet``: a
 diffusers ``UNet2DModel`` or DDPM/DDIM pipeline folder; ``consistency``: a diffusers

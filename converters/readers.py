@@ -18,8 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import pickle
+import pickletools
 import re
 import struct
+import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -64,6 +66,71 @@ def sniff(path: str | Path) -> str:
         f"{path}: not a PyTorch (zip or legacy) or safetensors checkpoint "
         f"({size} bytes, starts with {head[:8]!r})"
     )
+
+
+def is_network_pickle(path: str | Path, max_ops: int = 5000) -> bool:
+    """Whether the file is a pickle whose first globals include NVlabs' persistence hook or
+    dnnlib (an NVlabs network pickle). Opcodes are scanned, nothing is unpickled."""
+    strings: list[str] = []
+    try:
+        with Path(path).open("rb") as fh:
+            for i, (op, arg, _) in enumerate(pickletools.genops(fh)):
+                if i >= max_ops:
+                    break
+                if op.name in ("GLOBAL", "INST") and isinstance(arg, str):
+                    module = arg.split(" ")[0]
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    module = strings[-2]
+                else:
+                    if isinstance(arg, str):
+                        strings.append(arg)
+                    continue
+                if module.startswith(("torch_utils", "dnnlib")):
+                    return True
+    except (ValueError, EOFError, OSError, pickle.UnpicklingError, struct.error):
+        return False
+    return False
+
+
+def checkpoint_strings(
+    path: str | Path, kind: str, wanted: Iterable[str], max_ops: int = 2_000_000
+) -> set[str]:
+    """Which of ``wanted`` occur as keys (safetensors) or pickled strings (PyTorch zip or
+    legacy) in a checkpoint of ``kind`` (:func:`sniff`); for recognising a format without
+    loading it. Nothing is unpickled; unreadable files give the empty set."""
+    wanted = set(wanted)
+    found: set[str] = set()
+    try:
+        if kind == "safetensors":
+            with Path(path).open("rb") as fh:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                return wanted & set(json.loads(fh.read(n)))
+        if kind == "torch-zip":
+            with zipfile.ZipFile(path) as zf:
+                names = [m for m in zf.namelist() if m.endswith("data.pkl")]
+                if not names:
+                    return found
+                with zf.open(names[0]) as fh:
+                    _scan_strings(fh, wanted, found, max_ops, pickles=1)
+            return found
+        with Path(path).open("rb") as fh:  # legacy: magic, version, sys info, then the object
+            _scan_strings(fh, wanted, found, max_ops, pickles=4)
+    except (ValueError, EOFError, OSError, pickle.UnpicklingError, struct.error, zipfile.BadZipFile):
+        pass
+    return found
+
+
+def _scan_strings(fh: Any, wanted: set[str], found: set[str], max_ops: int, pickles: int) -> None:
+    ops = 0
+    for _ in range(pickles):
+        for _op, arg, _pos in pickletools.genops(fh):
+            ops += 1
+            if isinstance(arg, str) and arg in wanted:
+                found.add(arg)
+                if found == wanted:
+                    return
+            if ops >= max_ops:
+                return
 
 
 def load_checkpoint(path: str | Path) -> Any:

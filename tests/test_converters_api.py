@@ -135,7 +135,8 @@ def test_detect_format_refuses_an_unreadable_file(tmp_path, monkeypatch):
 
 
 def test_formats_constant_is_the_dispatch_table_and_needs_no_heavy_imports():
-    assert FORMATS == ("dcgan", "sd-vae", "diffusers-unet", "consistency")
+    assert FORMATS == ("dcgan", "sd-vae", "diffusers-unet", "consistency", "stylegan-pickle",
+                       "stylegan-rosinality")
     assert tuple(api.CONVERTERS) == FORMATS
     assert set(api.MODEL_CLASSES.values()) | set(api.PIPELINE_CLASSES.values()) <= set(FORMATS)
     root = Path(api.__file__).resolve().parents[1]

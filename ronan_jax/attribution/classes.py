@@ -20,8 +20,9 @@ from ronan_jax.engine.generator import Generator
 from ronan_jax.engine.invert import InversionResult, invert
 
 # The condition that makes a family's class vector all zeros. DCGAN one-hot encodes its
-# label with ``jax.nn.one_hot``, which maps an out-of-range id (-1) to the zero vector.
-_ZERO_CONDITION: dict[str, int] = {"dcgan": -1}
+# label with ``jax.nn.one_hot``, which maps an out-of-range id (-1) to the zero vector, and
+# so does StyleGAN2 (in the z space; its w and w+ spaces take no class).
+_ZERO_CONDITION: dict[str, int] = {"dcgan": -1, "stylegan2": -1}
 
 
 class ClassInversion(NamedTuple):
@@ -33,16 +34,11 @@ class ClassInversion(NamedTuple):
 
 
 def num_classes(generator: Generator) -> int:
-    """How many classes ``generator`` is conditioned on (0: unconditional, or class fixed).
+    """How many classes ``generator`` takes per image (0: unconditional, or class fixed).
 
-    The model builders set ``Generator.num_classes``; a hand-made Generator whose recorded
-    config has ``num_classes`` (and no fixed condition) counts as conditional too."""
-    if generator.num_classes:
-        return int(generator.num_classes)
-    if generator.condition is not None:
-        return 0
-    cfg = generator.info.get("config")
-    return int(cfg.get("num_classes", 0) or 0) if isinstance(cfg, dict) else 0
+    The model builders set ``Generator.num_classes``: a conditional DCGAN or UNet without
+    a fixed class, a StyleGAN2 in the z space (in w / w+ the class is part of w)."""
+    return int(generator.num_classes)
 
 
 def check_classes(generator: Generator, classes: np.ndarray | None, n: int) -> np.ndarray:

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 
 from ronan_jax.engine.generator import Generator
-from ronan_jax.models import conv_decoder, dcgan, sd_vae, vae
+from ronan_jax.models import conv_decoder, dcgan, sd_vae, stylegan2, vae
 from ronan_jax.models import diffusion as _diffusion
 
 
@@ -77,6 +77,15 @@ ARCHITECTURES: dict[str, Architecture] = {
         init=lambda cfg, key: sd_vae.init_variables(sd_vae.SDVAEConfig(**cfg), key),
         make=lambda cfg, variables, name="sd-vae", **info: sd_vae.make_generator(
             sd_vae.SDVAEConfig(**cfg), variables, name=name, **info
+        ),
+    ),
+    # NVlabs StyleGAN2 (stylegan2-ada-pytorch, or rosinality's converted to it); input: z,
+    # w or w+ as the card's config says (see models/stylegan2.py).
+    "stylegan2": Architecture(
+        "stylegan2",
+        init=lambda cfg, key: stylegan2.init_variables(stylegan2.StyleGAN2Config(**cfg), key),
+        make=lambda cfg, variables, name="stylegan2", **info: stylegan2.make_generator(
+            stylegan2.StyleGAN2Config(**cfg), variables, name=name, **info
         ),
     ),
 }
