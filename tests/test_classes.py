@@ -174,3 +174,53 @@ def test_conditional_profiles_and_their_class_rule(cgan, reference):
     np.testing.assert_array_equal(att_known.winning_class, drawn)
     with pytest.raises(ValueError, match="conditional with 3 classes"):
         attribute(images, cgan, reference, known)
+
+
+SCREEN = CFG.replace(class_rule="min", steps=30, class_screen_steps=5)
+
+
+def test_screening_keeps_the_best_classes_with_their_full_minimum_losses(cgan):
+    """Each kept class's loss equals its loss under the full minimum (same starts, same
+    steps); the image's loss is the best kept one, and the benchmark's offline rule
+    (screening losses + the full minimum's per-class losses) gives the same result."""
+    from benchmarks.accuracy.tables import screened
+
+    images = _images(cgan, np.array([0, 1, 2, 1, 0, 2]))
+    full = min_over_classes(cgan, images, SCREEN.replace(class_screen_steps=0))
+    short = min_over_classes(cgan, images, SCREEN.replace(steps=5, class_screen_steps=0))
+    for keep in (1, 2):
+        cut = min_over_classes(cgan, images, SCREEN.replace(class_screen_keep=keep))
+        order = np.argsort(short.class_losses, axis=1, kind="stable")[:, :keep]
+        np.testing.assert_array_equal(np.take_along_axis(cut.class_losses, order, 1),
+                                      np.take_along_axis(full.class_losses, order, 1))
+        loss, winner = screened(full.class_losses, short.class_losses, keep)
+        np.testing.assert_array_equal(cut.result.loss, loss.astype(np.float32))
+        np.testing.assert_array_equal(cut.winning_class, winner)
+        # work: every class for 5 steps, the kept ones for 30, both restarts
+        np.testing.assert_array_equal(cut.result.steps_run.sum(axis=1), 2 * (C * 5 + keep * 30))
+    assert not np.array_equal(cut.result.loss, short.result.loss)  # the kept ones ran on
+
+
+def test_screening_that_keeps_every_class_is_the_full_minimum(cgan):
+    images = _images(cgan, np.array([2, 0, 1]))
+    full = min_over_classes(cgan, images, SCREEN.replace(class_screen_steps=0))
+    every = min_over_classes(cgan, images, SCREEN.replace(class_screen_keep=C))
+    np.testing.assert_array_equal(every.result.loss, full.result.loss)
+    np.testing.assert_array_equal(every.class_losses, full.class_losses)
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"class_screen_steps": 5}, "class_rule 'min'"),
+    ({"class_rule": "min", "class_screen_steps": 20}, "must lie in"),
+    ({"class_rule": "min", "class_screen_steps": 5, "class_screen_keep": 0}, "keep must be >= 1"),
+])
+def test_impossible_screening_settings_are_refused(changes, message):
+    with pytest.raises(ValueError, match=message):
+        CFG.replace(**changes)
+
+
+def test_screening_is_a_result_setting_only_when_on():
+    assert "class_screen_steps" not in CFG.replace(class_rule="min").result_settings()
+    on = SCREEN.result_settings()
+    assert (on["class_screen_steps"], on["class_screen_keep"]) == (5, 2)
+    assert InversionConfig.from_dict(on).result_settings() == on

@@ -73,6 +73,25 @@ def zero_condition(generator: Generator, n: int) -> np.ndarray:
     return np.full((n,), _ZERO_CONDITION[family], np.int32)
 
 
+def _expanded_invert(
+    generator: Generator,
+    images: np.ndarray,
+    class_ids: np.ndarray,
+    config: InversionConfig,
+    stop_below: np.ndarray | None,
+) -> InversionResult:
+    """Invert image ``i`` once per class in ``class_ids[i]`` (``[B, K]``) in one engine call;
+    results come back ``[B * K]``, image-major. Every copy gets its image's PRNG key, so each
+    class's run equals inverting the image with that class alone."""
+    b, k = class_ids.shape
+    expanded = np.repeat(images, k, axis=0)
+    conditions = generator.conditions_for_classes(class_ids.reshape(-1).astype(np.int32))
+    stop = None
+    if stop_below is not None:
+        stop = np.repeat(np.broadcast_to(np.asarray(stop_below, np.float64), (b,)), k)
+    return invert(generator, expanded, config, conditions=conditions, stop_below=stop)
+
+
 def min_over_classes(
     generator: Generator,
     images: np.ndarray,
@@ -81,27 +100,60 @@ def min_over_classes(
 ) -> ClassInversion:
     """Invert each image once per class in one engine call and keep its best class.
 
-    The batch is expanded to B*C images (image ``i`` with class ``k`` at row ``i*C + k``,
-    conditions ``tile(arange(C), B)``); every copy of an image gets the image's own PRNG key,
-    so each class's result equals inverting with that class alone. ``stop_below`` (per
-    image) stops each class's run once below it, which is exact for the minimum too.
+    The batch is expanded to B*C images (image ``i`` with class ``k`` at row ``i*C + k``);
+    every copy of an image gets the image's own PRNG key, so each class's result equals
+    inverting with that class alone. ``stop_below`` (per image) stops each class's run once
+    below it, which is exact for the minimum too.
+
+    With ``config.class_screen_steps`` every class first runs only that many steps; the
+    ``class_screen_keep`` best then run the full budget from the same starts (so a kept
+    class's loss equals its loss under the full minimum). ``class_losses`` holds the full
+    runs' losses of the kept classes and the screening losses of the others.
     """
     c = num_classes(generator)
     if c < 1:
         raise ValueError(f"model {generator.name!r} is not conditional: no classes to minimise over")
     images = np.asarray(images, np.float32)
     b = images.shape[0]
-    expanded = np.repeat(images, c, axis=0)
-    conditions = generator.conditions_for_classes(np.tile(np.arange(c, dtype=np.int32), b))
-    stop = None if stop_below is None else np.repeat(np.broadcast_to(np.asarray(stop_below, np.float64), (b,)), c)
-    res = invert(generator, expanded, config, conditions=conditions, stop_below=stop)
-    losses = res.loss.reshape(b, c)
-    winner = np.argmin(np.where(np.isnan(losses), np.inf, losses), axis=1)
-    rows = np.arange(b) * c + winner
-    reduced = InversionResult(*(np.asarray(field)[rows] for field in res))
-    # The work done is every class's: steps_run sums the restarts' steps over the classes.
-    steps = np.asarray(res.steps_run).reshape(b, c, -1).sum(axis=1)
+    every = np.tile(np.arange(c, dtype=np.int64), (b, 1))
+    keep = min(config.class_screen_keep, c) if config.class_screen_steps else c
+    if keep == c:
+        res = _expanded_invert(generator, images, every, config, stop_below)
+        losses, kept, steps = np.asarray(res.loss).reshape(b, c), every, 0
+    else:
+        screen_config = config.replace(
+            steps=config.class_screen_steps, class_screen_steps=0, halving_at=(), plateau_window=0
+        )
+        screen = _expanded_invert(generator, images, every, screen_config, stop_below)
+        losses = np.asarray(screen.loss, np.float64).reshape(b, c)
+        kept = np.argsort(np.where(np.isnan(losses), np.inf, losses), axis=1, kind="stable")[:, :keep]
+        res = _expanded_invert(generator, images, kept, config, stop_below)
+        np.put_along_axis(losses, kept, np.asarray(res.loss, np.float64).reshape(b, keep), axis=1)
+        losses = losses.astype(np.asarray(res.loss).dtype)
+        steps = np.asarray(screen.steps_run).reshape(b, c, -1).sum(axis=1)
+    full = np.asarray(res.loss, np.float64).reshape(b, keep)
+    best = np.argmin(np.where(np.isnan(full), np.inf, full), axis=1)
+    reduced = InversionResult(*(np.asarray(field)[np.arange(b) * keep + best] for field in res))
+    # The work done is every run's: steps_run sums the restarts' steps over the classes.
+    steps = steps + np.asarray(res.steps_run).reshape(b, keep, -1).sum(axis=1)
+    winner = kept[np.arange(b), best]
     return ClassInversion(reduced._replace(steps_run=steps), winner.astype(np.int64), losses)
+
+
+def describe_class_rule(generator: Generator, config: InversionConfig) -> str:
+    """The class rule and its cost in one phrase ("" for an unconditional model)."""
+    c = num_classes(generator)
+    if not c:
+        return ""
+    if config.class_rule != "min":
+        return f"class rule {config.class_rule}"
+    keep = min(config.class_screen_keep, c)
+    if config.class_screen_steps and keep < c:
+        cost = (c * config.class_screen_steps + keep * config.steps) / config.steps
+        return (f"class unknown: all {c} classes screened for {config.class_screen_steps} steps, "
+                f"the best {keep} run on ({cost:.2g}x the inversions of one class; the full "
+                f"minimum costs {c}x)")
+    return f"class unknown: minimum over {c} classes ({c}x the inversions)"
 
 
 def check_class_inputs(

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ronan_jax.attribution.classes import num_classes
+from ronan_jax.attribution.classes import describe_class_rule, num_classes
 from ronan_jax.attribution.profile import (
     Profile,
     ProfileMismatchError,
@@ -80,12 +80,8 @@ class AuditPlan:
         """The inversion settings in one phrase, for messages."""
         c = self.config
         text = f"{c.steps} steps x {c.restarts} restarts, lr {c.lr:g}, {c.metric}, seed {c.seed}"
-        classes = num_classes(self.model)
-        if classes and c.class_rule == "min":
-            text += f", class unknown: minimum over {classes} classes ({classes}x the inversions)"
-        elif classes:
-            text += f", class rule {c.class_rule}"
-        return text
+        classes = describe_class_rule(self.model, c)
+        return text + (f", {classes}" if classes else "")
 
 
 def check_matches_profile(

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from ronan_jax.attribution.build import ProgressFn
     from ronan_jax.attribution.profile import Profile
     from ronan_jax.engine.config import InversionConfig
+    from ronan_jax.engine.generator import Generator
 
 METRIC_NAMES = ("mse", "mae", "ssim")  # = ronan_jax.engine.metrics.METRICS names (checked in tests)
 
@@ -41,6 +42,8 @@ METRIC_NAMES = ("mse", "mae", "ssim")  # = ronan_jax.engine.metrics.METRICS name
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the generated images and of the inversions.")
 @click.option("--class", "class_pool", multiple=True, type=click.IntRange(min=0), help="Class-conditional models: draw the profile's images from this class (repeatable). Default: all classes, uniformly.")
 @click.option("--class-rule", default="known", show_default=True, type=click.Choice(CLASS_RULES), help=CLASS_RULE_HELP + " Audits use the profile's rule.")
+@click.option("--class-screen", "class_screen", default=0, show_default=True, type=click.IntRange(min=0), metavar="STEPS", help="With --class-rule min: a cheaper rule. Every class is inverted for STEPS steps and only the --class-keep best run all --steps (cost C x STEPS + KEEP x --steps instead of C x --steps). 0: the full minimum. Audits use the profile's rule.")
+@click.option("--class-keep", default=2, show_default=True, type=click.IntRange(min=1), help="With --class-screen: how many classes run on after the screening.")
 @click.option("--alpha", default=0.05, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Significance level of Grubbs' test.")
 @click.option("--batch-size", default=None, type=click.IntRange(min=1), help="Images inverted together per device call (default: the engine's per-device choice).")
 @click.option("-o", "--out", default=None, type=click.Path(dir_okay=False), help="Where to write the profile JSON (default: profile-NAME.json).")
@@ -58,6 +61,8 @@ def profile(
     seed: int,
     class_pool: tuple[int, ...],
     class_rule: str,
+    class_screen: int,
+    class_keep: int,
     alpha: float,
     batch_size: int | None,
     out: str | None,
@@ -83,7 +88,8 @@ def profile(
     ref = load_reference_spec(ref_spec, defaulted=reference is None)
     extra = {} if batch_size is None else {"max_batch": batch_size * restarts}
     config = InversionConfig(steps=steps, restarts=restarts, lr=lr, metric=metric, seed=seed,
-                             class_rule=class_rule, **extra)
+                             class_rule=class_rule, class_screen_steps=class_screen,
+                             class_screen_keep=class_keep, **extra)
     out_path = Path(out or f"profile-{gen.name}.json")
     # Every measured loss is kept beside the profile: a stopped build resumes, and a rerun
     # with other statistics (--alpha, --trim-outliers) inverts nothing.
@@ -93,7 +99,7 @@ def profile(
         ref_name = "none (uncalibrated)" if ref is None else ref.name
         err.print(
             f"Profile of {gen.name} (reference {ref_name}): {samples} images, "
-            f"{describe_settings(config)}."
+            f"{describe_settings(config, gen)}."
         )
     with profile_progress(err, samples, quiet) as progress:
         built = build_profile(
@@ -134,10 +140,13 @@ def profile_progress(console: Console, total: int, quiet: bool) -> Iterator[Prog
         yield lambda done, n: bar.update(task, completed=done, total=n)
 
 
-def describe_settings(config: InversionConfig) -> str:
+def describe_settings(config: InversionConfig, model: Generator | None = None) -> str:
+    from ronan_jax.attribution.classes import describe_class_rule
+
+    classes = "" if model is None else describe_class_rule(model, config)
     return (
         f"{config.steps} steps x {config.restarts} restarts, lr {config.lr:g}, "
-        f"{config.metric}, seed {config.seed}"
+        f"{config.metric}, seed {config.seed}" + (f", {classes}" if classes else "")
     )
 
 
