@@ -21,7 +21,7 @@ from ronan_jax.cli.app import cli, handle_errors
 @click.option("--image-size", type=click.IntRange(min=8), default=None, help="Expected output size (checked against the weights; SD-VAE/UNet: native size).")
 @click.option("--resize-to", type=click.IntRange(min=0), default=0, help="DCGAN: resize the output to this size (antialiased), as the authors did for CIFAR-10.")
 @click.option("--steps", "num_inference_steps", type=click.IntRange(min=1), default=None, help="UNet/consistency: sampler steps of the generator (each Adam step runs them all).")
-@click.option("--class-label", type=int, default=None, help="Class-conditional UNet/consistency: the fixed class label.")
+@click.option("--class-label", type=int, default=None, help="Class-conditional UNet/consistency: fix the class to this label. Default: none fixed; profiles and audits then give each image its class (--class, --classes-from, --class-rule).")
 @click.option("--network", default=None, help="StyleGAN: which generator of the file (pickle: G_ema or G; rosinality: g_ema or g; default the EMA one).")
 @click.option("--input-space", type=click.Choice(["z", "w", "w+"]), default=None, help="StyleGAN: the input the audit inverts (default z; w+ fits more images, own or not: profile and audit in the same space).")
 @click.option("--truncation-psi", type=float, default=None, help="StyleGAN: truncation psi (default 1: none).")
