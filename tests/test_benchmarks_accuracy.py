@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import types
 from pathlib import Path
@@ -91,6 +92,49 @@ def test_generated_set_is_deterministic_and_seed_dependent():
     a = sets.load_set("gen:dcgan-mnist:1", 2)
     np.testing.assert_array_equal(a, sets.load_set("gen:dcgan-mnist:1", 2))
     assert not np.array_equal(a, sets.load_set("gen:dcgan-mnist:2", 2))
+
+
+def test_conditional_sets_carry_classes_and_the_cache_keeps_them(tmp_cache):
+    """A conditional model's set holds each image's drawn class (the profile's draw for
+    seed 0); known-class losses are cached per (image, class); the minimum records every
+    class's loss and the winner."""
+    from ronan_jax.attribution.build import profile_classes
+
+    gen = sets.load_model("cdcgan-mnist")
+    images = sets.load_set("gen:cdcgan-mnist:0", 4)
+    drawn = sets.load_classes("gen:cdcgan-mnist:0", 4)
+    np.testing.assert_array_equal(drawn, profile_classes(gen, 4, 0))
+    digits = sets.load_classes("data:mnist-unseen", 4)
+    assert digits.dtype == np.int32 and set(digits) <= set(range(10))
+    assert sets.load_classes("data:photo-heldout", 4) is None
+    known, _ = cache.losses(gen, images, TINY, log=lambda m: None, classes=drawn)
+    other, _ = cache.losses(gen, images, TINY, log=lambda m: None, classes=(drawn + 1) % 10)
+    assert not np.array_equal(known, other)  # the class is part of the key and the loss
+    winner, per_class = cache.class_records(gen, images, TINY, drawn)
+    np.testing.assert_array_equal(winner, drawn)
+    assert per_class is None
+    unknown = TINY.replace(class_rule="min")
+    best, steps = cache.losses(gen, images, unknown, log=lambda m: None)
+    winner, per_class = cache.class_records(gen, images, unknown)
+    assert per_class.shape == (4, 10)
+    np.testing.assert_allclose(best, per_class.min(axis=1), rtol=1e-6)
+    np.testing.assert_array_equal(winner, per_class.argmin(axis=1))
+    assert np.all(steps == 10 * TINY.steps * TINY.restarts)  # every class's work
+    np.testing.assert_allclose(per_class[np.arange(4), drawn], known, rtol=1e-6)
+
+
+def test_a_screened_row_is_scored_from_the_screening_and_the_full_minimum(tmp_cache):
+    base = tables.Row("c", "cdcgan-mnist", "gen:cdcgan-mnist:1", "data:mnist-unseen", "-",
+                      calibrated=False, overrides=(("class_rule", "min"),))
+    full = tables.score(base, TINY, n=4, log=lambda m: None)
+    cut = tables.score(dataclasses.replace(base, screen=(3, 10)), TINY, n=4, log=lambda m: None)
+    assert cut["calibrated"] == full["calibrated"]  # keeping all 10 classes is the minimum
+    assert cut["steps_run"] == full["steps_run"] + 8 * 10 * 3 * TINY.restarts
+    one = tables.score(dataclasses.replace(base, screen=(3, 1)), TINY, n=4, log=lambda m: None)
+    assert one["steps_run"] == 8 * (10 * 3 + 1 * TINY.steps) * TINY.restarts
+    assert all(a >= b for a, b in zip(one["calibrated"]["positives"],
+                                      full["calibrated"]["positives"], strict=True))
+    assert set(full["class_agreement"]) == {"positives", "negatives"}
 
 
 def test_scoring_a_row_counts_every_image_once(tmp_cache):

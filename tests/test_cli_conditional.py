@@ -40,18 +40,42 @@ def torch_model(root: Path) -> Path:
     return root / "cgan"
 
 
-@pytest.fixture(scope="module", params=["native", "converted-from-pytorch"])
+def unet_model(root: Path) -> Path:
+    """A tiny class-conditional diffusers UNet2DModel (random weights, 8x8 greyscale) saved
+    as a one-step consistency-model pipeline, converted with `ronan convert` and no class:
+    the converted model takes each image's class."""
+    torch = pytest.importorskip("torch")
+    diffusers = pytest.importorskip("diffusers")
+
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+        layers_per_block=1, norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"), add_attention=False, num_class_embeds=C,
+    ).eval()
+    with torch.no_grad():  # perturb every weight: no default initialisation hides a mistake
+        for p in unet.parameters():
+            spread = p.std() if p.numel() > 1 and p.std() > 0 else torch.tensor(0.1)
+            p.add_(0.3 * spread * torch.randn_like(p))
+    scheduler = diffusers.CMStochasticIterativeScheduler()
+    diffusers.ConsistencyModelPipeline(unet=unet, scheduler=scheduler).save_pretrained(root / "cm")
+    res = invoke(["convert", root / "cm", "-o", root / "cunet"])
+    assert res.exit_code == 0, res.output
+    return root / "cunet"
+
+
+MODELS = {"native": native_model, "converted-from-pytorch": torch_model}
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
 def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
     from ronan_jax.models.checkpoint import load_generator
 
     root = tmp_path_factory.mktemp("conditional")
-    model = (native_model if request.param == "native" else torch_model)(root)
+    model = MODELS[request.param](root)
     gen = load_generator(model)
     classes = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2])
-    z = gen.sample_inputs(jax.random.key(7), len(classes))
-    images = quantize_8bit(np.asarray(gen.apply_fn(gen.params, z, classes.astype(np.int32))))
-    for i, (img, k) in enumerate(zip(images, classes, strict=True)):
-        write_png(root / "images" / f"class{k}-{i}.png", img)
+    write_class_images(root / "images", gen, classes)
     (root / "classes.csv").write_text(
         "path,class\n" + "".join(f"images/class{k}-{i}.png,{k}\n" for i, k in enumerate(classes[:-1]))
     )  # the last image is not listed
@@ -62,6 +86,54 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
                   "-o", unknown, *FLAGS])
     assert res.exit_code == 0, res.output
     return {"root": root, "model": model, "known": known, "unknown": unknown, "classes": classes}
+
+
+def write_class_images(folder: Path, gen, classes: np.ndarray) -> None:
+    """Images the model drew, image ``i`` from class ``classes[i]``, as classK-i.png."""
+    z = gen.sample_inputs(jax.random.key(7), len(classes))
+    images = quantize_8bit(np.asarray(gen.apply_fn(gen.params, z, gen.conditions_for_classes(classes))))
+    for i, (img, k) in enumerate(zip(images, classes, strict=True)):
+        write_png(folder / f"class{k}-{i}.png", img)
+
+
+@pytest.mark.slow  # ~4 min on 2 cores, nearly all XLA compiling the UNet's Adam steps
+def test_a_class_conditional_diffusers_unet_from_the_command_line(tmp_path):
+    """Converted without a class, a class-conditional consistency UNet profiles and audits
+    with a fixed class, a classes file and the class unknown; images drawn from class k win
+    with class k. One profile size and one audit size, so each rule compiles once."""
+    from ronan_jax.models.checkpoint import load_generator
+
+    model = unet_model(tmp_path)
+    gen = load_generator(model)
+    assert gen.num_classes == C
+    classes = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2])
+    write_class_images(tmp_path / "images", gen, classes)
+    (tmp_path / "classes.csv").write_text(
+        "path,class\n" + "".join(f"images/class{k}-{i}.png,{k}\n" for i, k in enumerate(classes)))
+    flags = ["--steps", 50, "--restarts", 2, "--samples", len(classes), "--quiet"]
+    world = {"root": tmp_path, "model": model}
+    for name, rule in (("known", "known"), ("unknown", "min")):
+        res = invoke(["profile", "--model", model, "--reference", "none", "--class-rule", rule,
+                      "-o", tmp_path / f"{name}.json", *flags])
+        assert res.exit_code == 0, res.output
+    code, out, rows = audit(world, tmp_path / "fixed.sqlite", tmp_path / "known.json", "--class", 1)
+    assert code == 0, out
+    assert {r["class_label"] for r in rows} == {1} and len(rows) == len(classes)
+    fixed = by_name(rows)
+    code, out, rows = audit(world, tmp_path / "file.sqlite", tmp_path / "known.json",
+                            "--classes-from", tmp_path / "classes.csv")
+    assert code == 0, out
+    own = by_name(rows)
+    assert all(r["class_label"] == int(n[5]) for n, r in own.items())
+    # each class-1 image got the same inversion in both audits; the others mostly fit
+    # better with their own class than with class 1
+    assert all(own[n]["loss"] == fixed[n]["loss"] for n in own if n[5] == "1")
+    assert sum(own[n]["loss"] < fixed[n]["loss"] for n in own if n[5] != "1") >= 4
+    code, out, rows = audit(world, tmp_path / "min.sqlite", tmp_path / "unknown.json")
+    assert code == 0, out
+    assert "minimum over 3 classes" in " ".join(out.split())
+    won = {name: row["class_label"] for name, row in by_name(rows).items()}
+    assert sum(won[name] == int(name[5]) for name in won) >= 6, won  # chance: 3 of 9
 
 
 def audit(world, db: Path, profile: Path, *extra) -> tuple[int, str, list[dict]]:

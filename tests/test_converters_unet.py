@@ -312,10 +312,26 @@ def test_unsupported_block_type_is_refused(tmp_path):
         convert_unet(tmp_path / "skip")
 
 
-def test_class_conditional_needs_a_label(saved):
-    _, folder = saved["cm"]
-    with pytest.raises(ValueError, match="class_label"):
-        convert_unet(folder)
+def test_class_conditional_unet_without_a_label_takes_each_images_class(saved):
+    """Converted without a fixed class, a class-conditional UNet is a conditional model:
+    image i drawn with class k_i equals diffusers' loop with class_labels k, and without
+    classes it cannot generate."""
+    model, folder = saved["cm"]
+    conv = convert_unet(folder, num_inference_steps=2)
+    gen = diffusion.make_ddim_generator(conv.config, conv.variables)
+    assert gen.num_classes == 10 and gen.condition is None
+    labels = np.array([3, 0, 9, 3])
+    x_t = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(6))
+    scheduler = diffusers.DDIMScheduler()  # what convert_unet assumes for a bare UNet folder
+    ref = _diffusers_ddim(model, scheduler, x_t, 2, labels=torch.from_numpy(labels))
+    raw = jax.jit(gen.apply_fn.sample)(gen.params, nhwc(x_t), gen.conditions_for_classes(labels))
+    assert float(np.abs(np.asarray(raw) - nhwc(ref)).max()) <= 1e-4
+    fixed = diffusion.make_ddim_generator(conv.config, conv.variables, class_label=3)
+    assert fixed.num_classes == 0  # its class is part of the model
+    with pytest.raises(ValueError, match="class_labels are required"):
+        gen(nhwc(x_t))
+    with pytest.raises(ValueError, match="outside"):
+        convert_unet(folder, class_label=10)
 
 
 def test_inversion_smoke(saved):

@@ -21,9 +21,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from ronan_jax.attribution.classes import invert_by_class_rule, num_classes
+from ronan_jax.attribution.classes import ClassInversion, invert_by_class_rule, num_classes
 from ronan_jax.engine.config import InversionConfig
 from ronan_jax.engine.generator import Generator
+from ronan_jax.engine.invert import invert
 from ronan_jax.engine.program import images_per_call
 
 CACHE_DIR = Path(__file__).resolve().parent / "cache"
@@ -138,9 +139,12 @@ def losses(
     device = jax.devices()[0].device_kind
     for lo in range(0, len(todo), chunk):
         idx = todo[lo : lo + chunk]
-        cls = None if classes is None or not num_classes(gen) else np.asarray(classes)[idx]
-        out = invert_by_class_rule(gen, images_u8[idx].astype(np.float32) / np.float32(255.0),
-                                   config, cls)
+        batch = images_u8[idx].astype(np.float32) / np.float32(255.0)
+        if num_classes(gen):
+            cls = None if classes is None else np.asarray(classes)[idx]
+            out = invert_by_class_rule(gen, batch, config, cls)
+        else:
+            out = ClassInversion(invert(gen, batch, config), None, None)
         res = out.result
         recs = [
             {"sha": shas[i], "loss": float(res.loss[j]), "steps": int(np.sum(res.steps_run[j])),
