@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Any
 
 PRECISIONS = ("float32", "bfloat16")
@@ -40,6 +41,15 @@ class InversionConfig:
     all classes (RONAN's rule when the class is unknown), ``"zero"`` an all-zero class
     vector (where the model family allows one). A result setting, recorded only when it is
     not ``"known"``, so settings made before it existed compare equal.
+
+    Second chance (off by default: ``second_chance`` 0): ``second_chance`` = k > 0 inverts
+    again, on the model, every image whose first-pass calibrated loss is above k times the
+    median of its profile's first-pass calibrated losses (or whose model inversion diverged),
+    with ``second_restarts`` new restarts for ``second_steps`` steps (0: ``steps``) and PRNG
+    keys of another seed (:meth:`second_pass`); its loss is the minimum over both passes.
+    The rule and why it looks at the calibrated loss: :mod:`ronan_jax.attribution.second_chance`.
+    Result settings, recorded only when on, so settings made before they existed compare
+    equal.
     """
 
     steps: int = 1500
@@ -56,6 +66,9 @@ class InversionConfig:
     plateau_rtol: float = 1e-3
     halving_at: tuple[float, ...] = ()
     devices: int = 0
+    second_chance: float = 0.0
+    second_restarts: int = 8
+    second_steps: int = 0
     class_rule: str = "known"
 
     def __post_init__(self) -> None:
@@ -73,6 +86,10 @@ class InversionConfig:
             raise ValueError("max_batch must be >= 0, unroll and check_every >= 1")
         if self.class_rule not in CLASS_RULES:
             raise ValueError(f"class_rule must be one of {CLASS_RULES}, got {self.class_rule!r}")
+        if not 0 <= self.second_chance < float("inf"):
+            raise ValueError(f"second_chance must be a finite k >= 0 (0: off), got {self.second_chance}")
+        if self.second_restarts < 1 or self.second_steps < 0:
+            raise ValueError("second_restarts must be >= 1 and second_steps >= 0 (0: steps)")
         if self.devices < 0:
             raise ValueError(f"devices must be >= 0 (0: all local devices), got {self.devices}")
         if self.plateau_window < 0 or self.plateau_window % self.check_every:
@@ -102,9 +119,27 @@ class InversionConfig:
                 plateau_rtol=self.plateau_rtol,
                 halving_at=list(self.halving_at),
             )
+        if self.second_chance:
+            out.update(
+                second_chance=self.second_chance,
+                second_restarts=self.second_restarts,
+                second_steps=self.second_steps or self.steps,
+            )
         if self.class_rule != "known":
             out["class_rule"] = self.class_rule
         return out
+
+    def second_pass(self) -> InversionConfig:
+        """The settings of the second chance's pass: ``second_restarts`` restarts for
+        ``second_steps`` steps, seeded by :func:`second_pass_seed` (a new search, not a
+        repeat of the first pass's starts), the rest as this config."""
+        return dataclasses.replace(
+            self,
+            restarts=self.second_restarts,
+            steps=self.second_steps or self.steps,
+            seed=second_pass_seed(self.seed),
+            second_chance=0.0,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -119,3 +154,11 @@ class InversionConfig:
 
     def replace(self, **changes: Any) -> InversionConfig:
         return dataclasses.replace(self, **changes)
+
+
+def second_pass_seed(seed: int) -> int:
+    """The run seed of a second-chance pass of a run seeded ``seed``: derived from it (so a
+    rerun repeats it) and never ``seed`` itself (so every image gets new starting inputs)."""
+    digest = hashlib.sha256(f"ronan-second-chance:{int(seed)}".encode()).digest()
+    out = int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+    return out if out != seed else out ^ 1
