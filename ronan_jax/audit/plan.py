@@ -85,6 +85,11 @@ class AuditPlan:
             text += f", class unknown: minimum over {classes} classes ({classes}x the inversions)"
         elif classes:
             text += f", class rule {c.class_rule}"
+        if c.second_chance:
+            second = c.second_pass()
+            text += (f", second chance above calibrated loss "
+                     f"{self.profile.second_chance_level:.4g} ({second.steps} steps x "
+                     f"{second.restarts} new restarts)")
         return text
 
 
@@ -146,7 +151,8 @@ def settings_from_profile(
         check_matches_profile(profile, model, reference, config)
     except ProfileMismatchError as exc:
         hint = (
-            ". Omit --steps/--restarts/--lr/--metric/--seed to use the profile's settings, or "
+            ". Omit --steps/--restarts/--lr/--metric/--seed/--second-chance to use the "
+            "profile's settings, or "
             "build a profile with yours (`ronan profile`)."
         )
         raise AuditPlanError(f"{exc}{hint if given else ''}", "inversion") from exc

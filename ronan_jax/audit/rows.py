@@ -68,6 +68,10 @@ def judged_fields(att: Attribution, i: int) -> dict[str, Any]:
     }
     if att.winning_class is not None:  # a conditional model: the class it was judged with
         row["class_label"] = int(att.winning_class[i])
+    if att.second_pass is not None:  # the profile's second chance: did this image get one
+        row["second_pass"] = bool(att.second_pass[i])
+        if att.second_pass[i] and att.first_loss is not None:
+            row["first_loss"] = finite(att.first_loss[i])
     if verdict == ERROR:
         row.update(error_kind=DIVERGED, error=diverged_message(att, i))
     return row
@@ -79,7 +83,8 @@ def failed_input_row(item: Item) -> dict[str, Any]:
 
 
 JUDGED_FIELDS = ("loss", "ref_loss", "calibrated_loss", "z", "critical_value", "p_value",
-                 "verdict", "error_kind", "error", "evidence_path", "class_label")
+                 "verdict", "error_kind", "error", "evidence_path", "class_label",
+                 "second_pass", "first_loss")
 """The fields of a row that follow from the image's content alone (given the run's settings)."""
 
 
@@ -134,6 +139,10 @@ def _piece_work(piece: Piece[Attribution], plan: AuditPlan) -> BatchWork:
     run, budget = step_counts(
         (att.model_result, att.reference_result), plan.config.restarts, plan.config.steps
     )
+    if att.second_result is not None:  # the second chance's pass: its own steps and budget
+        second = plan.config.second_pass()
+        run2, budget2 = step_counts((att.second_result,), second.restarts, second.steps)
+        run, budget = run + run2, budget + budget2
     return BatchWork(inverted=piece.hi - piece.lo, steps_run=run, steps_budget=budget)
 
 
