@@ -263,6 +263,39 @@ def failed_inversions(calibrated: Sequence[float] | np.ndarray,
     return sorted(int(i) for i in order[:cut])
 
 
+# A profile is "far from normal" when Shapiro-Wilk gives W below this and p below
+# NORMALITY_P. The benchmark's sound MNIST profiles give W 0.76-0.94, the photo profiles
+# 0.52-0.63, those with a failed inversion 0.18-0.20 (benchmarks/RESULTS.md, "Normality").
+NORMALITY_W = 0.9
+NORMALITY_P = 1e-3
+
+
+def normality(calibrated: Sequence[float | None] | np.ndarray) -> tuple[float, float] | None:
+    """Shapiro-Wilk (W, p) of a profile's finite calibrated losses (None under 3 of them or
+    without spread). Grubbs' test assumes the profile is a normal sample."""
+    from scipy import stats
+
+    cal = np.array([np.nan if v is None else v for v in calibrated], np.float64)
+    cal = cal[np.isfinite(cal)]
+    if cal.size < 3 or not np.ptp(cal) > 0:
+        return None
+    w, p = stats.shapiro(cal)
+    return float(w), float(p)
+
+
+def normality_note(calibrated: Sequence[float | None] | np.ndarray) -> str | None:
+    """A note when a profile's calibrated losses are far from normal (:func:`normality`,
+    W < :data:`NORMALITY_W` and p < :data:`NORMALITY_P`), else None."""
+    got = normality(calibrated)
+    if got is None or not (got[0] < NORMALITY_W and got[1] < NORMALITY_P):
+        return None
+    return (f"the profile's calibrated losses are far from normal (Shapiro-Wilk W = "
+            f"{got[0]:.3f}, p = {got[1]:.2g}), while Grubbs' test assumes a normal profile: "
+            "its alpha is nominal, not the measured rate of belonging images judged "
+            "non-belonging. Calibrated losses are right-skewed; a profile with a failed "
+            "inversion is far more so (see the second chance, `ronan profile --second-chance`)")
+
+
 def failed_inversion_note(calibrated: Sequence[float], trimmed: Sequence[int], alpha: float,
                           threshold: float) -> str | None:
     """A warning when a profile's mu and sigma include losses of failed inversions.
