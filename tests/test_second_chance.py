@@ -171,7 +171,7 @@ def test_normality_note_on_values():
     rng = np.random.default_rng(0)
     w, p = normality(rng.normal(1.0, 0.1, 100))
     assert w > 0.97 and p > 0.01 and normality_note(rng.normal(1.0, 0.1, 100)) is None
-    skewed = list(rng.normal(0.1, 0.01, 99)) + [3.7]  # one failed inversion
+    skewed = [*rng.normal(0.1, 0.01, 99), 3.7]  # one failed inversion
     w, p = normality(skewed)
     assert w < 0.3 and p < 1e-10
     assert "far from normal" in normality_note(skewed)
