@@ -251,6 +251,7 @@ def score(row: Row, config: InversionConfig, n: int, alpha: float = 0.05,
     extra: dict[str, Any] = {"normality": {"first_pass": normality(prof["calibrated"])}}
     if row.second_chance:
         extra["first_pass"] = _first_pass_scores(prof, pos, neg, alpha, row.trim_profile)
+        extra["first_pass"]["log_grubbs"] = log_grubbs(prof, pos, neg, alpha)
         sc = config.replace(second_chance=row.second_chance)
         level = second_chance.flag_level(prof["calibrated"], row.second_chance)
         for spec, d in zip(row.specs, (prof, pos, neg), strict=True):
@@ -269,6 +270,7 @@ def score(row: Row, config: InversionConfig, n: int, alpha: float = 0.05,
             "extra_pct_test_images": 100.0 * (second["positives"] + second["negatives"]) / test_first,
         }
         extra["normality"]["second_chance"] = normality(prof["calibrated"])
+    extra["log_grubbs"] = log_grubbs(prof, pos, neg, alpha)
     mu, sigma, n_prof, trimmed = belonging_stats(prof["calibrated"], alpha, row.trim_profile)
 
     def belonging(cal: np.ndarray) -> np.ndarray:
@@ -308,6 +310,19 @@ def normality(values: np.ndarray) -> dict[str, float]:
     w, p = stats.shapiro(v)
     lw, lp = stats.shapiro(np.log(v))
     return {"W": float(w), "p": float(p), "log_W": float(lw), "log_p": float(lp)}
+
+
+def log_grubbs(prof: dict, pos: dict, neg: dict, alpha: float) -> dict[str, float]:
+    """The row scored by Grubbs' test on log calibrated losses (a candidate transform: the
+    profiles are right-skewed, their logs closer to normal): threshold and accuracy."""
+    p = prof["calibrated"][np.isfinite(prof["calibrated"]) & (prof["calibrated"] > 0)]
+    logs = np.log(p)
+    thr = float(np.exp(np.mean(logs) + grubbs.critical_value(p.size, alpha) * np.std(logs, ddof=1)))
+    tp = int(np.sum(pos["calibrated"] < thr))
+    tn = int(np.sum(~(neg["calibrated"] < thr)))
+    return {"threshold": thr, "FN": len(pos["calibrated"]) - tp,
+            "FP": len(neg["calibrated"]) - tn,
+            "accuracy": (tp + tn) / (len(pos["calibrated"]) + len(neg["calibrated"]))}
 
 
 def _first_pass_scores(prof: dict, pos: dict, neg: dict, alpha: float, trim: bool) -> dict:
