@@ -35,7 +35,8 @@ from ronan_jax.engine.invert import invert
 from ronan_jax.models.checkpoint import load_generator
 
 K = 1.0  # on the tiny untrained models every loss is alike: flag those above the median
-SC = InversionConfig(steps=STEPS, restarts=RESTARTS, second_chance=K, second_restarts=RESTARTS)
+SC = InversionConfig(steps=STEPS, restarts=RESTARTS, second_chance=K, second_restarts=RESTARTS,
+                     second_halving=())
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +63,13 @@ def test_settings_off_compare_equal_and_second_pass_is_a_new_search():
     off = InversionConfig(second_restarts=16, second_steps=7)  # ignored while off
     assert off.result_settings() == InversionConfig().result_settings()
     assert "second_chance" not in off.result_settings()
-    on = InversionConfig(seed=3, second_chance=5.0, second_restarts=16)
+    on = InversionConfig(seed=3, second_chance=5.0)
     assert on.result_settings()["second_steps"] == 1500  # 0 recorded as the steps it means
+    assert on.result_settings()["second_halving"] == [0.1, 0.25, 0.5]
+    assert InversionConfig.from_dict(on.result_settings()) == on.replace(second_steps=1500)
     second = on.second_pass()
-    assert (second.restarts, second.steps, second.second_chance) == (16, 1500, 0.0)
+    assert (second.restarts, second.steps, second.second_chance) == (32, 1500, 0.0)
+    assert second.halving_at == (0.1, 0.25, 0.5) and not on.halving_at
     assert second.seed == second_pass_seed(3) != 3 and second_pass_seed(3) == second_pass_seed(3)
     with pytest.raises(ValueError):
         InversionConfig(second_chance=-1.0)
@@ -116,7 +120,7 @@ def test_a_failed_inversion_recovers_with_the_second_chance(models):
     model, ref = models
     images = profile_images(model, 4, seed=11)
     cfg = InversionConfig(steps=3, restarts=1, second_chance=5.0, second_restarts=4,
-                          second_steps=150)
+                          second_steps=150, second_halving=())
     first = calibrated_losses(model, ref, images, cfg)  # no level: first pass only
     assert first.second_pass is None
     got = calibrated_losses(model, ref, images, cfg, second_chance_level=0.0)  # flag them all

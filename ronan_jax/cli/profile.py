@@ -48,7 +48,7 @@ METRIC_NAMES = ("mse", "mae", "ssim")  # = ronan_jax.engine.metrics.METRICS name
 @click.option("-o", "--out", default=None, type=click.Path(dir_okay=False), help="Where to write the profile JSON (default: profile-NAME.json).")
 @click.option("--trim-outliers", is_flag=True, help="Leave out of mu and sigma the profile losses that repeated Grubbs tests reject as too high (failed inversions). Off by default, as in the paper.")
 @click.option("--second-chance", default=0.0, show_default=True, is_flag=False, flag_value=SECOND_CHANCE_K, type=click.FloatRange(min=0), metavar="[K]", help=SECOND_CHANCE_HELP + " Recorded in the profile; audits apply its level.")
-@click.option("--second-restarts", default=8, show_default=True, type=click.IntRange(min=1), help="Second chance: restarts of the second pass (new starting inputs).")
+@click.option("--second-restarts", default=32, show_default=True, type=click.IntRange(min=1), help="Second chance: restarts of the second pass (new starting inputs), halved at 10, 25 and 50 % of its steps.")
 @click.option("--second-steps", default=0, show_default=True, type=click.IntRange(min=0), help="Second chance: Adam steps of the second pass (0: --steps).")
 @click.option("--quiet", is_flag=True, help="No progress bar (for logs).")
 @handle_errors

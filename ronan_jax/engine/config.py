@@ -45,8 +45,12 @@ class InversionConfig:
     Second chance (off by default: ``second_chance`` 0): ``second_chance`` = k > 0 inverts
     again, on the model, every image whose first-pass calibrated loss is above k times the
     median of its profile's first-pass calibrated losses (or whose model inversion diverged),
-    with ``second_restarts`` new restarts for ``second_steps`` steps (0: ``steps``) and PRNG
+    with ``second_restarts`` new restarts for ``second_steps`` steps (0: ``steps``), pruned by
+    successive halving at ``second_halving`` (fractions of the steps; () for none), with PRNG
     keys of another seed (:meth:`second_pass`); its loss is the minimum over both passes.
+    Many restarts, halved, because a failed inversion is a search that missed: 32 restarts
+    halved at 10/25/50 % cost 1.2 times an 8-restart pass and found the basin that 16
+    unpruned restarts missed (``benchmarks/RESULTS.md``, "Second chance").
     The rule and why it looks at the calibrated loss: :mod:`ronan_jax.attribution.second_chance`.
     Result settings, recorded only when on, so settings made before they existed compare
     equal.
@@ -67,8 +71,9 @@ class InversionConfig:
     halving_at: tuple[float, ...] = ()
     devices: int = 0
     second_chance: float = 0.0
-    second_restarts: int = 8
+    second_restarts: int = 32
     second_steps: int = 0
+    second_halving: tuple[float, ...] = (0.1, 0.25, 0.5)
     class_rule: str = "known"
 
     def __post_init__(self) -> None:
@@ -94,9 +99,11 @@ class InversionConfig:
             raise ValueError(f"devices must be >= 0 (0: all local devices), got {self.devices}")
         if self.plateau_window < 0 or self.plateau_window % self.check_every:
             raise ValueError("plateau_window must be a non-negative multiple of check_every")
-        if any(not 0 < f < 1 for f in self.halving_at):
-            raise ValueError(f"halving_at fractions must lie in (0, 1), got {self.halving_at}")
-        object.__setattr__(self, "halving_at", tuple(sorted(float(f) for f in self.halving_at)))
+        for name in ("halving_at", "second_halving"):
+            fractions = getattr(self, name)
+            if any(not 0 < f < 1 for f in fractions):
+                raise ValueError(f"{name} fractions must lie in (0, 1), got {fractions}")
+            object.__setattr__(self, name, tuple(sorted(float(f) for f in fractions)))
 
     @property
     def early_stopping(self) -> bool:
@@ -124,6 +131,7 @@ class InversionConfig:
                 second_chance=self.second_chance,
                 second_restarts=self.second_restarts,
                 second_steps=self.second_steps or self.steps,
+                second_halving=list(self.second_halving),
             )
         if self.class_rule != "known":
             out["class_rule"] = self.class_rule
@@ -131,12 +139,14 @@ class InversionConfig:
 
     def second_pass(self) -> InversionConfig:
         """The settings of the second chance's pass: ``second_restarts`` restarts for
-        ``second_steps`` steps, seeded by :func:`second_pass_seed` (a new search, not a
-        repeat of the first pass's starts), the rest as this config."""
+        ``second_steps`` steps, halved at ``second_halving``, seeded by
+        :func:`second_pass_seed` (a new search, not a repeat of the first pass's starts),
+        the rest as this config."""
         return dataclasses.replace(
             self,
             restarts=self.second_restarts,
             steps=self.second_steps or self.steps,
+            halving_at=self.second_halving,
             seed=second_pass_seed(self.seed),
             second_chance=0.0,
         )
@@ -148,8 +158,9 @@ class InversionConfig:
     def from_dict(cls, data: dict[str, Any]) -> InversionConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known}
-        if "halving_at" in kwargs:
-            kwargs["halving_at"] = tuple(kwargs["halving_at"])
+        for name in ("halving_at", "second_halving"):
+            if name in kwargs:
+                kwargs[name] = tuple(kwargs[name])
         return cls(**kwargs)
 
     def replace(self, **changes: Any) -> InversionConfig:
