@@ -8,4 +8,4 @@
 set -u
 cd "$(dirname "$0")/../.."
 CORE="${RONAN_CORE:-1}"
-exec taskset -c "$CORE" python -m benchmarks.accuracy second "$@"
+exec taskset -c "$CORE" python -m benchmarks.accuracy second --belonging-first "$@"

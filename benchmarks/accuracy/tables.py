@@ -300,6 +300,33 @@ def score(row: Row, config: InversionConfig, n: int, alpha: float = 0.05,
     }
 
 
+def belonging_side(row: Row, config: InversionConfig, n: int, alpha: float = 0.05,
+                   log: Callable[[str], None] = print, cached_only: bool = False,
+                   root: Path | None = None) -> dict[str, Any]:
+    """A second-chance row's profile and positives only (their second passes are a few
+    images, the negatives' are most of a row's cost): threshold and false negatives before
+    and after, so a row whose negatives are not re-run yet still shows its belonging side."""
+    config = row.settings(config)
+    if row.calibrated:
+        seed_from_shipped_profile(row.model, config, n, root)
+    prof, pos = (calibrated(row.model, spec, config, n, row.calibrated, log, cached_only, root)
+                 for spec in row.specs[:2])
+    out: dict[str, Any] = {"label": row.label}
+    for when in ("first_pass", "second_chance"):
+        if when == "second_chance":
+            level = second_chance.flag_level(prof["calibrated"], row.second_chance)
+            sc = config.replace(second_chance=row.second_chance)
+            for spec, d in zip(row.specs[:2], (prof, pos), strict=True):
+                rechance(row.model, spec, d, level, sc, n, log, cached_only, root)
+            out["flagged"] = {"profile": int(prof["flagged"].sum()),
+                              "positives": int(pos["flagged"].sum())}
+        mu, sigma, n_prof, _ = belonging_stats(prof["calibrated"], alpha, row.trim_profile)
+        thr = mu + grubbs.critical_value(n_prof, alpha) * sigma
+        out[when] = {"threshold": thr, "FN": int(np.sum(~(pos["calibrated"] < thr))),
+                     "W": normality(prof["calibrated"])["W"]}
+    return out
+
+
 def normality(values: np.ndarray) -> dict[str, float]:
     """Shapiro-Wilk W and p of a profile's finite calibrated losses and of their logs
     (Grubbs' test assumes a normal profile; small p: far from normal)."""
