@@ -23,7 +23,7 @@ ALLOWED: dict[str, set[str]] = {
     "cli": {"engine", "inputs", "attribution", "audit", "results", "report", "models", "zoo"},
 }
 JAX_FREE = ("ronan_jax.attribution.profile", "ronan_jax.attribution.grubbs",
-            "ronan_jax.attribution.verdicts", "ronan_jax.results", "ronan_jax.report")
+            "ronan_jax.attribution.verdicts", "ronan_jax.attribution.second_chance", "ronan_jax.results", "ronan_jax.report")
 
 
 def module_name(path: Path) -> str:

@@ -357,3 +357,16 @@ def test_report_warns_when_the_profile_holds_a_failed_inversion(tmp_path):
     trimmed = dict(failed, trimmed=[20])
     html = render_report(rows, trimmed, {}, out_path=tmp_path / "trimmed.html").read_text()
     assert "probably failed" not in html  # already left out of mu and sigma
+
+
+def test_report_notes_a_profile_far_from_normal(tmp_path):
+    rows, prof = _scored_rows(tmp_path, evidence=False)
+    cal = list(np.random.default_rng(3).normal(1.0, 0.05, 20))
+    normal = dict(prof, calibrated_losses=cal, mu=float(np.mean(cal)), sigma=float(np.std(cal, ddof=1)))
+    html = render_report(rows, normal, {}, out_path=tmp_path / "n.html").read_text()
+    assert "far from normal" not in html
+    skewed = [*cal[:19], 9.0]  # one far tail value: Shapiro-Wilk W ~0.26
+    far = dict(prof, calibrated_losses=skewed, mu=float(np.mean(skewed)),
+               sigma=float(np.std(skewed, ddof=1)))
+    html = render_report(rows, far, {}, out_path=tmp_path / "far.html").read_text()
+    assert "far from normal (Shapiro-Wilk W = 0.2" in html

@@ -255,7 +255,7 @@ def test_a_schema_1_database_is_read_merged_and_upgraded(tmp_path):
         assert store.iter_telemetry() == []
         store.write_telemetry(store.runs()[0].run_id, key, {"batch": 0, "images": 2})
     with sqlite3.connect(old) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
 
 
 def test_a_schema_2_database_without_class_labels_reads_merges_and_upgrades(tmp_path):
@@ -265,7 +265,8 @@ def test_a_schema_2_database_without_class_labels_reads_merges_and_upgrades(tmp_
         store.write_batch(run.config_key, [row("/a.png"), row("/b.png", "non-belonging")],
                           run_id=run.run_id)
     with sqlite3.connect(old) as conn:  # as ronan-jax wrote it before class labels
-        conn.execute("ALTER TABLE results DROP COLUMN class_label")
+        for column in ("class_label", "second_pass", "first_loss"):
+            conn.execute(f"ALTER TABLE results DROP COLUMN {column}")
         conn.execute("PRAGMA user_version = 2")
     with ResultStore(old, readonly=True) as store:  # read as it is, the new column as NULL
         rows = store.iter_results(run.config_key)
@@ -281,5 +282,5 @@ def test_a_schema_2_database_without_class_labels_reads_merges_and_upgrades(tmp_
     with ResultStore(old) as store:  # opened for writing: the column is added
         store.write_batch(run.config_key, [{**row("/d.png"), "class_label": 1}], run_id=run.run_id)
     with sqlite3.connect(old) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
         assert conn.execute("SELECT class_label FROM results WHERE path = '/d.png'").fetchone() == (1,)

@@ -1,9 +1,9 @@
 """Per-image inversion losses kept on disk, so tables share work and stopped runs resume.
 
 One JSON-lines file per (generator, result-changing settings): a header line with the
-identity, then one line per image ``{"sha": ..., "loss": ..., "steps": ..., "device": ...}``,
+identity, then one line per image ``{"sha": ..., "loss": ..., "steps": ..., "device": ..., "seconds": ...}``,
 appended after every chunk (``device``: the accelerator kind that measured it, as evidence;
-older records lack it). The key is the image's SHA-256 over its uint8 pixels and shape, so the same
+``seconds``: the chunk's wall time per image; older records lack them). The key is the image's SHA-256 over its uint8 pixels and shape, so the same
 image met in two tables (or two rows) is inverted once. Several processes may append to one
 file at once (:mod:`.workers`): each chunk is one ``O_APPEND`` write, headed by the identity
 line when the file is empty.
@@ -139,6 +139,7 @@ def losses(
     device = jax.devices()[0].device_kind
     for lo in range(0, len(todo), chunk):
         idx = todo[lo : lo + chunk]
+        t_chunk = time.time()
         batch = images_u8[idx].astype(np.float32) / np.float32(255.0)
         if num_classes(gen):
             cls = None if classes is None else np.asarray(classes)[idx]
@@ -146,9 +147,10 @@ def losses(
         else:
             out = ClassInversion(invert(gen, batch, config), None, None)
         res = out.result
+        per_image = (time.time() - t_chunk) / len(idx)  # includes a first call's compile
         recs = [
             {"sha": shas[i], "loss": float(res.loss[j]), "steps": int(np.sum(res.steps_run[j])),
-             "device": device}
+             "device": device, "seconds": round(per_image, 3)}
             for j, i in enumerate(idx)
         ]
         for j, rec in enumerate(recs):

@@ -31,6 +31,12 @@ class Attribution(NamedTuple):
     # [B] the class each image was inverted with on a conditional model (its known class,
     # or the minimum's under class_rule "min"); None for unconditional models and "zero"
     winning_class: np.ndarray | None = None
+    # [B] bool: the images inverted a second time on the model (the profile's second chance);
+    # None when the profile has none. first_loss: [B] the first pass's model loss;
+    # second_result: the second pass's result, flagged images only.
+    second_pass: np.ndarray | None = None
+    first_loss: np.ndarray | None = None
+    second_result: InversionResult | None = None
 
 
 def attribute(
@@ -54,13 +60,19 @@ def attribute(
     ``classes``: each image's class, needed for a conditional model under the settings'
     ``class_rule`` "known" (ValueError if missing or out of range); ignored under "min",
     which takes each image's minimum over classes (see :mod:`ronan_jax.attribution.classes`).
+
+    A profile built with the second chance gives each image whose calibrated loss is above
+    the profile's level a second inversion on the model, exactly as its own images had
+    (:mod:`ronan_jax.attribution.second_chance`); ``second_pass`` says which did.
     """
     config = config or config_from_profile(profile)
     check_compatible(profile, model, reference, config)
     images = np.asarray(images, np.float32)
-    loss, ref_loss, cal, res, ref_res, winning = calibrated_losses(
-        model, reference, images, config, profile.threshold if decision_stop else None, classes
+    measured = calibrated_losses(
+        model, reference, images, config, profile.threshold if decision_stop else None, classes,
+        second_chance_level=profile.second_chance_level,
     )
+    loss, ref_loss, cal, res, ref_res, winning = measured[:6]
     ok = np.isfinite(cal)
     z = np.full(cal.shape, np.nan)
     p = np.full(cal.shape, np.nan)
@@ -71,4 +83,5 @@ def attribute(
         z[ok] = test.z
         p[ok] = test.p_value
         verdict[ok] = grubbs.verdict_labels(test.belonging)
-    return Attribution(loss, ref_loss, cal, z, crit, p, verdict.astype(str), res, ref_res, winning)
+    return Attribution(loss, ref_loss, cal, z, crit, p, verdict.astype(str), res, ref_res, winning,
+                       measured.second_pass, measured.first_loss, measured.second_result)

@@ -6,6 +6,12 @@ A conditional model's profile images each get a class drawn by :func:`profile_cl
 
 Every finished chunk's losses are appended to a resume file, so a long build survives being
 stopped, and a rerun with other statistics (alpha, trimming) inverts nothing.
+
+With ``config.second_chance`` on, the first pass over all images fixes the level
+(:func:`~ronan_jax.attribution.second_chance.flag_level`), then the flagged images are
+inverted again on the model (:meth:`~ronan_jax.engine.config.InversionConfig.second_pass`),
+in chunks recorded in the same resume file; the first pass's records are those of a build
+without the second chance, so turning it on reuses them.
 """
 
 from __future__ import annotations
@@ -19,8 +25,9 @@ from typing import Any
 import jax
 import numpy as np
 
+from ronan_jax.attribution import second_chance
 from ronan_jax.attribution.calibrate import calibrate, calibrated_losses
-from ronan_jax.attribution.classes import num_classes
+from ronan_jax.attribution.classes import invert_by_class_rule, num_classes
 from ronan_jax.attribution.profile import Profile, belonging_stats, finite_or_none, quantize_8bit
 from ronan_jax.engine.config import InversionConfig
 from ronan_jax.engine.environment import library_versions
@@ -80,7 +87,8 @@ def build_profile(
     ident = {
         "model": model.identity,
         "reference": None if reference is None else reference.identity,
-        "config": config.result_settings(),
+        # the first pass's settings: a build with the second chance reuses its records
+        "config": config.replace(second_chance=0.0).result_settings(),
         "seed": seed,
         "n": n,
     }
@@ -104,6 +112,18 @@ def build_profile(
     loss = np.array([done[i][0] for i in range(n)])
     ref_loss = None if reference is None else np.array([done[i][1] for i in range(n)])
     cal = calibrate(loss, ref_loss)
+    record = None
+    if config.second_chance:
+        level = second_chance.flag_level(cal, config.second_chance)
+        flags = second_chance.flagged(loss, cal, level)
+        record = {"k": config.second_chance, "level": level,
+                  "images": [int(i) for i in np.flatnonzero(flags)],
+                  "first_losses": finite_or_none(loss)}
+        second = _second_pass(model, images, drawn, config, ident, level, record["images"],
+                              resume_path, progress, n)
+        for i, v in second.items():
+            loss[i] = second_chance.min_loss(loss[i : i + 1], np.array([v]))[0]
+        cal = calibrate(loss, ref_loss)
     mu, sigma, n_used, trimmed = belonging_stats(cal, alpha, trim_outliers)
     profile = Profile(
         model=_with_spec(model.identity, model_spec),
@@ -123,8 +143,34 @@ def build_profile(
         created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         trimmed=trimmed,
         classes=None if drawn is None else [int(k) for k in drawn],
+        second_chance=record,
     )
     return profile.sealed()  # what its loader accepts, with its digest
+
+
+def _second_pass(
+    model: Generator, images: np.ndarray, drawn: np.ndarray | None, config: InversionConfig,
+    ident: dict[str, Any], level: float, flagged: list[int], resume_path: str | Path | None,
+    progress: ProgressFn | None, n: int,
+) -> dict[int, float]:
+    """Second-pass model losses of the ``flagged`` profile images, chunk by chunk, resumed
+    from and appended to the resume file under their own identity."""
+    cfg = config.second_pass()
+    ident2 = {**ident, "second_pass": cfg.result_settings(), "level": level}
+    done = {i: v[0] for i, v in _read_resume(resume_path, ident2).items()}
+    chunk = images_per_call(cfg)
+    total = n + len(flagged)
+    for lo in range(0, len(flagged), chunk):
+        idx = flagged[lo : lo + chunk]
+        if not all(i in done for i in idx):
+            cls = None if drawn is None else drawn[idx]
+            res = invert_by_class_rule(model, images[idx], cfg, cls).result
+            got = {i: float(res.loss[j]) for j, i in enumerate(idx)}
+            done.update(got)
+            _append_resume(resume_path, ident2, {i: (v, None) for i, v in got.items()})
+        if progress is not None:
+            progress(n + lo + len(idx), total)
+    return {i: done[i] for i in flagged}
 
 
 def profile_classes(

@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 PROFILE_FORMAT = 2
 """Format 2 adds the ``digest`` and stores a diverged image's losses as ``null``
 (format 1 profiles still load, without the digest check)."""
+SECOND_CHANCE_FORMAT = 3
+"""The format of a profile built with the second chance (its ``second_chance`` record); one
+built without it is written in :data:`PROFILE_FORMAT`, byte for byte as before, so
+profiles of either kind load, and code older than the second chance refuses format 3."""
 
 
 class ProfileMismatchError(ValueError):
@@ -65,6 +69,10 @@ class Profile:
     digest: str = ""  # set by save(): SHA-256 of everything else (profile_integrity.digest)
     # A class-conditional model's profile: the class each image was generated from.
     classes: list[int] | None = None
+    # Built with the second chance (format 3): {"k", "level" (k x the median of the
+    # first-pass calibrated losses: the constant every audit applies), "images" (indices
+    # inverted again), "first_losses" (every image's first-pass loss on the model)}.
+    second_chance: dict[str, Any] | None = None
 
     @property
     def critical_value(self) -> float:
@@ -75,16 +83,27 @@ class Profile:
         """Calibrated loss below which an image is judged belonging: mu + G * sigma."""
         return self.mu + self.critical_value * self.sigma
 
+    @property
+    def second_chance_level(self) -> float | None:
+        """The calibrated loss above which an image gets a second pass (None: built
+        without the second chance)."""
+        return None if self.second_chance is None else float(self.second_chance["level"])
+
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "critical_value": self.critical_value}
+        data = {**dataclasses.asdict(self), "critical_value": self.critical_value}
+        if data["second_chance"] is None:  # absent, as in profiles made before it existed
+            del data["second_chance"]
+        return data
 
     def sealed(self) -> Profile:
         """This profile in the current format with its digest, refused
         (:class:`ProfileError`) if its own loader would refuse it."""
-        data = {**dataclasses.asdict(self), "format": PROFILE_FORMAT, "digest": ""}
+        fmt = PROFILE_FORMAT if self.second_chance is None else SECOND_CHANCE_FORMAT
+        data = {**self.to_dict(), "format": fmt, "digest": ""}
+        del data["critical_value"]
         data["digest"] = digest(data)
-        check_profile_data(data, _recomputed_stats, PROFILE_FORMAT)
-        return dataclasses.replace(self, format=PROFILE_FORMAT, digest=data["digest"])
+        check_profile_data(data, _recomputed_stats, fmt)
+        return dataclasses.replace(self, format=fmt, digest=data["digest"])
 
     def save(self, path: str | Path) -> Path:
         """Write the sealed profile atomically (a failed write leaves the old file)."""
@@ -102,7 +121,7 @@ class Profile:
     @classmethod
     def from_dict(cls, data: Any) -> Profile:
         """The profile ``data`` holds; :class:`ProfileError` unless it is intact."""
-        check_profile_data(data, _recomputed_stats, PROFILE_FORMAT)
+        check_profile_data(data, _recomputed_stats, SECOND_CHANCE_FORMAT)
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -242,6 +261,39 @@ def failed_inversions(calibrated: Sequence[float] | np.ndarray,
         if vals[k] > gap * vals[k + 1]:
             cut = k + 1
     return sorted(int(i) for i in order[:cut])
+
+
+# A profile is "far from normal" when Shapiro-Wilk gives W below this and p below
+# NORMALITY_P. The benchmark's sound MNIST profiles give W 0.76-0.94, the photo profiles
+# 0.52-0.63, those with a failed inversion 0.18-0.20 (benchmarks/RESULTS.md, "Normality").
+NORMALITY_W = 0.9
+NORMALITY_P = 1e-3
+
+
+def normality(calibrated: Sequence[float | None] | np.ndarray) -> tuple[float, float] | None:
+    """Shapiro-Wilk (W, p) of a profile's finite calibrated losses (None under 3 of them or
+    without spread). Grubbs' test assumes the profile is a normal sample."""
+    from scipy import stats
+
+    cal = np.array([np.nan if v is None else v for v in calibrated], np.float64)
+    cal = cal[np.isfinite(cal)]
+    if cal.size < 3 or not np.ptp(cal) > 0:
+        return None
+    w, p = stats.shapiro(cal)
+    return float(w), float(p)
+
+
+def normality_note(calibrated: Sequence[float | None] | np.ndarray) -> str | None:
+    """A note when a profile's calibrated losses are far from normal (:func:`normality`,
+    W < :data:`NORMALITY_W` and p < :data:`NORMALITY_P`), else None."""
+    got = normality(calibrated)
+    if got is None or not (got[0] < NORMALITY_W and got[1] < NORMALITY_P):
+        return None
+    return (f"the profile's calibrated losses are far from normal (Shapiro-Wilk W = "
+            f"{got[0]:.3f}, p = {got[1]:.2g}), while Grubbs' test assumes a normal profile: "
+            "its alpha is nominal, not the measured rate of belonging images judged "
+            "non-belonging. Calibrated losses are right-skewed; a profile with a failed "
+            "inversion is far more so (see the second chance, `ronan profile --second-chance`)")
 
 
 def failed_inversion_note(calibrated: Sequence[float], trimmed: Sequence[int], alpha: float,

@@ -5,7 +5,9 @@ A profile decides every verdict, so a hand-edited one (``mu`` raised to 100, a s
 changed, another model's hash pasted in) must be refused, not trusted. The digest is the
 SHA-256 of the profile's canonical JSON without the digest itself: it catches edits and
 damage, not a forger who recomputes it. Format-1 profiles (written before digests) get every
-check but the digest. NumPy only.
+check but the digest. Format 3 (a profile built with the second chance) adds the
+``second_chance`` record, whose level, flagged images and first-pass losses must agree with
+the rule (:mod:`ronan_jax.attribution.second_chance`) and the stored losses. NumPy only.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
+
+from ronan_jax.attribution import second_chance
 
 REL_TOL = 1e-9
 """Relative tolerance of the recomputed statistics (they are stored as JSON doubles)."""
@@ -135,16 +139,64 @@ def _check_statistics(data: Mapping[str, Any], stats: Any) -> None:
             raise ProfileError(f"profile {name} is {stored!r} but its losses give {recomputed!r}")
 
 
+def _check_second_chance(data: Mapping[str, Any], fmt: int) -> None:
+    """A format-3 profile's ``second_chance`` record against its settings, the rule and its
+    stored losses; other formats must not have one."""
+    record = data.get("second_chance")
+    config = data["config"]
+    if fmt < 3:
+        if record is not None or "second_chance" in config:
+            raise ProfileError(f"a format-{fmt} profile has no second chance; this one names one")
+        return
+    record = _mapping(data, "second_chance")
+    k = _number(record, "k")
+    level = _number(record, "level")
+    if config.get("second_chance") != k:
+        raise ProfileError(f"profile second_chance k {k!r} is not its settings' "
+                           f"{config.get('second_chance')!r}")
+    losses = _losses(data, "losses")
+    first = _losses(record, "first_losses")
+    if len(first) != len(losses):
+        raise ProfileError("profile second_chance first_losses must give one loss per image")
+    ref = None if data.get("ref_losses") is None else _losses(data, "ref_losses")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        first_cal = first if ref is None else first / ref
+    first_cal = np.where(np.isfinite(first_cal), first_cal, np.nan)
+    try:
+        want_level = second_chance.flag_level(first_cal, k)
+    except ValueError as exc:
+        raise ProfileError(f"profile second_chance: {exc}") from None
+    if not math.isclose(level, want_level, rel_tol=REL_TOL, abs_tol=1e-300):
+        raise ProfileError(f"profile second_chance level is {level!r} but its first-pass "
+                           f"losses give {want_level!r}")
+    images = record.get("images")
+    want = [int(i) for i in np.flatnonzero(second_chance.flagged(first, first_cal, level))]
+    if images != want:
+        raise ProfileError(f"profile second_chance images {images!r} are not the ones its rule "
+                           f"flags ({want!r})")
+    kept = np.ones(len(losses), bool)
+    kept[want] = False
+    same = np.isclose(losses[kept], first[kept], rtol=0, atol=0, equal_nan=True)
+    if not same.all():
+        raise ProfileError("profile losses of images without a second pass differ from their "
+                           "first-pass losses")
+    rerun = np.asarray(want, int)
+    if np.any(np.isfinite(first[rerun]) & ~(losses[rerun] <= first[rerun])):
+        raise ProfileError("a second-chance profile loss is above its first-pass loss")
+
+
 def check_profile_data(data: Any, stats: Any, current_format: int) -> None:
     """Raise :class:`ProfileError` unless ``data`` is an intact profile (see module doc).
-    ``stats(calibrated, trimmed)`` -> (mu, sigma, n) is the profile's own statistics rule."""
+    ``stats(calibrated, trimmed)`` -> (mu, sigma, n) is the profile's own statistics rule;
+    formats 1 to ``current_format`` load (the digest from format 2 on)."""
     if not isinstance(data, Mapping):
         raise ProfileError(f"a profile is a JSON object, got {type(data).__name__}")
     fmt = data.get("format")
-    if fmt not in (1, current_format):
+    if isinstance(fmt, bool) or fmt not in range(1, current_format + 1):
         raise ProfileError(f"unsupported profile format {fmt!r}")
     _check_shape_and_fields(data)
     _check_statistics(data, stats)
-    if fmt == current_format and data.get("digest") != digest(data):
+    _check_second_chance(data, fmt)
+    if fmt >= 2 and data.get("digest") != digest(data):
         raise ProfileError("profile digest does not match its contents: the file was edited "
                            "or damaged; rebuild it with `ronan profile`")

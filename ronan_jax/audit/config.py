@@ -19,7 +19,9 @@ AUDIT_FORMAT = 1
 DEFAULT_DB = "ronan-results.sqlite"
 DEFAULT_MODEL_SPEC = "builtin:dcgan-mnist"
 CPU_BATCH_SIZE = 16
-INVERSION_FLAGS: tuple[str, ...] = ("steps", "restarts", "lr", "metric", "seed", "class_rule")
+INVERSION_FLAGS: tuple[str, ...] = ("steps", "restarts", "lr", "metric", "seed",
+                                    "second_chance", "second_restarts", "second_steps",
+                                    "class_rule")
 """Inversion settings an audit may name; they must equal the profile's."""
 
 

@@ -81,7 +81,13 @@ class AuditPlan:
         c = self.config
         text = f"{c.steps} steps x {c.restarts} restarts, lr {c.lr:g}, {c.metric}, seed {c.seed}"
         classes = describe_class_rule(self.model, c)
-        return text + (f", {classes}" if classes else "")
+        text += f", {classes}" if classes else ""
+        if c.second_chance:
+            second = c.second_pass()
+            text += (f", second chance above calibrated loss "
+                     f"{self.profile.second_chance_level:.4g} ({second.steps} steps x "
+                     f"{second.restarts} new restarts)")
+        return text
 
 
 def check_matches_profile(
@@ -142,7 +148,8 @@ def settings_from_profile(
         check_matches_profile(profile, model, reference, config)
     except ProfileMismatchError as exc:
         hint = (
-            ". Omit --steps/--restarts/--lr/--metric/--seed to use the profile's settings, or "
+            ". Omit --steps/--restarts/--lr/--metric/--seed/--second-chance to use the "
+            "profile's settings, or "
             "build a profile with yours (`ronan profile`)."
         )
         raise AuditPlanError(f"{exc}{hint if given else ''}", "inversion") from exc

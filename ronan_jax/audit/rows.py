@@ -69,6 +69,10 @@ def judged_fields(att: Attribution, i: int) -> dict[str, Any]:
     }
     if att.winning_class is not None:  # a conditional model: the class it was judged with
         row["class_label"] = int(att.winning_class[i])
+    if att.second_pass is not None:  # the profile's second chance: did this image get one
+        row["second_pass"] = bool(att.second_pass[i])
+        if att.second_pass[i] and att.first_loss is not None:
+            row["first_loss"] = finite(att.first_loss[i])
     if verdict == ERROR:
         row.update(error_kind=DIVERGED, error=diverged_message(att, i))
     return row
@@ -80,7 +84,8 @@ def failed_input_row(item: Item) -> dict[str, Any]:
 
 
 JUDGED_FIELDS = ("loss", "ref_loss", "calibrated_loss", "z", "critical_value", "p_value",
-                 "verdict", "error_kind", "error", "evidence_path", "class_label")
+                 "verdict", "error_kind", "error", "evidence_path", "class_label",
+                 "second_pass", "first_loss")
 """The fields of a row that follow from the image's content alone (given the run's settings)."""
 
 
@@ -137,8 +142,12 @@ def _piece_work(piece: Piece[Attribution], plan: AuditPlan) -> BatchWork:
     if plan.config.class_rule == "min":  # every class is inverted: C times the budget
         budget *= max(1, num_classes(plan.model))
     ref_run, ref_budget = step_counts((att.reference_result,), restarts, steps)
-    return BatchWork(inverted=piece.hi - piece.lo, steps_run=run + ref_run,
-                     steps_budget=budget + ref_budget)
+    run, budget = run + ref_run, budget + ref_budget
+    if att.second_result is not None:  # the second chance's pass: its own steps and budget
+        second = plan.config.second_pass()
+        run2, budget2 = step_counts((att.second_result,), second.restarts, second.steps)
+        run, budget = run + run2, budget + budget2
+    return BatchWork(inverted=piece.hi - piece.lo, steps_run=run, steps_budget=budget)
 
 
 def _split_by_content(keys: list[str | None], seen: ContentCache) -> tuple[list[int], list[int]]:

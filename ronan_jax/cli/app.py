@@ -47,6 +47,13 @@ CLASS_RULE_HELP = (
     "minimum over all C classes (RONAN's rule; C times the inversion cost); zero: an all-zero "
     "class vector (the StyleGAN authors' choice)."
 )
+SECOND_CHANCE_K = 5.0  # = ronan_jax.attribution.second_chance.DEFAULT_K (checked in tests)
+SECOND_CHANCE_HELP = (
+    "Second chance: invert again on the model, with new restarts, every image whose first-pass "
+    "calibrated loss is above K times the median of the profile's first-pass ones (a failed "
+    "inversion), keeping the lower loss; the profile's images and audited ones alike. "
+    f"Without a value K = {SECOND_CHANCE_K:g}; 0: off."
+)
 PLAN_FIELD_FLAGS = {"model": "--model", "reference": "--reference", "profile": "--profile",
                     "classes": "--class / --classes-from"}
 """The flag that sets each :class:`ronan_jax.audit.AuditConfig` field a plan error names."""

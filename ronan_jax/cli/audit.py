@@ -17,6 +17,8 @@ from ronan_jax.cli.app import (
     EXIT_INTERRUPTED,
     MODEL_HELP,
     REFERENCE_HELP,
+    SECOND_CHANCE_HELP,
+    SECOND_CHANCE_K,
     ProgressBar,
     cli,
     graceful_interrupt,
@@ -51,6 +53,9 @@ if TYPE_CHECKING:
 @click.option("--class", "class_label", default=None, type=click.IntRange(min=0), help="Class-conditional models judged with each image's class: the class of every input.")
 @click.option("--classes-from", default=None, type=click.Path(dir_okay=False), help="Class-conditional models: CSV/TSV lines 'path,class' giving each input's class (tar members as 'archive.tar::member'); inputs it does not list are 'no-class' error rows.")
 @click.option("--class-rule", default=None, type=click.Choice(CLASS_RULES), help=CLASS_RULE_HELP + " Default and required: the profile's.")
+@click.option("--second-chance", default=None, is_flag=False, flag_value=SECOND_CHANCE_K, type=click.FloatRange(min=0), metavar="[K]", help=SECOND_CHANCE_HELP + " Default and required: the profile's (its level is the profile's).")
+@click.option("--second-restarts", default=None, type=click.IntRange(min=1), help="Second chance: restarts of the second pass (default and required: the profile's).")
+@click.option("--second-steps", default=None, type=click.IntRange(min=1), help="Second chance: steps of the second pass (default and required: the profile's).")
 @click.option("--devices", default=None, type=click.IntRange(min=1), help="Local devices each batch is split over (data parallel; default: all of this process's).")
 @click.option("--coordinator", default=None, envvar="RONAN_COORDINATOR", metavar="HOST:PORT", help="Multi-host: address of process 0's jax.distributed coordinator (env RONAN_COORDINATOR). Each process audits its share of INPUTS into its own database.")
 @click.option("--num-processes", default=None, envvar="RONAN_NUM_PROCESSES", type=click.IntRange(min=1), help="Multi-host: number of processes (env RONAN_NUM_PROCESSES). Without --coordinator, with --process-id: independent workers, no jax.distributed.")
@@ -77,6 +82,9 @@ def audit(
     class_label: int | None,
     classes_from: str | None,
     class_rule: str | None,
+    second_chance: float | None,
+    second_restarts: int | None,
+    second_steps: int | None,
     devices: int | None,
     coordinator: str | None,
     num_processes: int | None,
@@ -130,7 +138,9 @@ def audit(
             workers=workers,
             quiet=quiet,
             inversion={"steps": steps, "restarts": restarts, "lr": lr, "metric": metric,
-                       "seed": seed, "class_rule": class_rule, "devices": devices},
+                       "seed": seed, "class_rule": class_rule, "second_chance": second_chance,
+                       "second_restarts": second_restarts, "second_steps": second_steps,
+                       "devices": devices},
             class_label=class_label,
             classes_from=classes_from,
         )

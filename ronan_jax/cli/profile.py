@@ -15,6 +15,8 @@ from ronan_jax.cli.app import (
     DEFAULT_MODEL_SPEC,
     MODEL_HELP,
     REFERENCE_HELP,
+    SECOND_CHANCE_HELP,
+    SECOND_CHANCE_K,
     cli,
     handle_errors,
     stderr,
@@ -48,6 +50,9 @@ METRIC_NAMES = ("mse", "mae", "ssim")  # = ronan_jax.engine.metrics.METRICS name
 @click.option("--batch-size", default=None, type=click.IntRange(min=1), help="Images inverted together per device call (default: the engine's per-device choice).")
 @click.option("-o", "--out", default=None, type=click.Path(dir_okay=False), help="Where to write the profile JSON (default: profile-NAME.json).")
 @click.option("--trim-outliers", is_flag=True, help="Leave out of mu and sigma the profile losses that repeated Grubbs tests reject as too high (failed inversions). Off by default, as in the paper.")
+@click.option("--second-chance", default=0.0, show_default=True, is_flag=False, flag_value=SECOND_CHANCE_K, type=click.FloatRange(min=0), metavar="[K]", help=SECOND_CHANCE_HELP + " Recorded in the profile; audits apply its level.")
+@click.option("--second-restarts", default=32, show_default=True, type=click.IntRange(min=1), help="Second chance: restarts of the second pass (new starting inputs), halved at 10, 25 and 50 % of its steps.")
+@click.option("--second-steps", default=0, show_default=True, type=click.IntRange(min=0), help="Second chance: Adam steps of the second pass (0: --steps).")
 @click.option("--quiet", is_flag=True, help="No progress bar (for logs).")
 @handle_errors
 def profile(
@@ -67,6 +72,9 @@ def profile(
     batch_size: int | None,
     out: str | None,
     trim_outliers: bool,
+    second_chance: float,
+    second_restarts: int,
+    second_steps: int,
     quiet: bool,
 ) -> None:
     """Build a model's belonging profile (run once per model; slow).
@@ -75,7 +83,8 @@ def profile(
     each on the model and on the reference, and stores the mean and spread of their
     calibrated losses. Audits must use the same model, reference and settings; they take
     their settings from the profile. The losses are also kept in OUT.progress.jsonl, so a
-    stopped build resumes and a rerun with --trim-outliers or another --alpha inverts nothing.
+    stopped build resumes and a rerun with --trim-outliers or another --alpha inverts nothing
+    (and a rerun with --second-chance inverts only the second pass).
     """
     from ronan_jax.attribution.build import build_profile
     from ronan_jax.audit.plan import load_model_spec, load_reference_spec
@@ -89,7 +98,8 @@ def profile(
     extra = {} if batch_size is None else {"max_batch": batch_size * restarts}
     config = InversionConfig(steps=steps, restarts=restarts, lr=lr, metric=metric, seed=seed,
                              class_rule=class_rule, class_screen_steps=class_screen,
-                             class_screen_keep=class_keep, **extra)
+                             class_screen_keep=class_keep, second_chance=second_chance,
+                             second_restarts=second_restarts, second_steps=second_steps, **extra)
     out_path = Path(out or f"profile-{gen.name}.json")
     # Every measured loss is kept beside the profile: a stopped build resumes, and a rerun
     # with other statistics (--alpha, --trim-outliers) inverts nothing.
@@ -112,6 +122,8 @@ def profile(
     click.echo(
         f"Wrote {out_path}: N={built.n}"
         + (f" ({len(built.trimmed)} outliers trimmed)" if trim_outliers else "")
+        + (f" ({len(built.second_chance['images'])} images given a second pass above "
+           f"calibrated loss {built.second_chance_level:.4g})" if built.second_chance else "")
         + f", mean calibrated loss {built.mu:.4g}, sd {built.sigma:.4g}, "
         f"Grubbs critical value {built.critical_value:.4f} (alpha {built.alpha}). "
         f"Audit with: ronan audit IMAGES --model {model} --profile {out_path}. "
@@ -144,10 +156,15 @@ def describe_settings(config: InversionConfig, model: Generator | None = None) -
     from ronan_jax.attribution.classes import describe_class_rule
 
     classes = "" if model is None else describe_class_rule(model, config)
-    return (
+    text = (
         f"{config.steps} steps x {config.restarts} restarts, lr {config.lr:g}, "
         f"{config.metric}, seed {config.seed}" + (f", {classes}" if classes else "")
     )
+    if config.second_chance:
+        second = config.second_pass()
+        text += (f", second chance k {config.second_chance:g} ({second.steps} steps x "
+                 f"{second.restarts} new restarts)")
+    return text
 
 
 def warn_failed_inversions(profile: Profile) -> None:

@@ -175,14 +175,17 @@ def _consistency_notes(rows: list[Mapping[str, Any]], prof: dict[str, Any] | Non
 
 
 def _profile_notes(profile: Mapping[str, Any] | None, prof: dict[str, Any] | None) -> list[str]:
-    """The profile's own warning: failed inversions inflating its threshold."""
+    """The profile's own warnings: failed inversions inflating its threshold, and losses far
+    from the normal sample Grubbs' test assumes."""
     if profile is None or prof is None or prof["threshold"] is None or prof["alpha"] is None:
         return []
-    from ronan_jax.attribution.profile import failed_inversion_note
+    from ronan_jax.attribution.profile import failed_inversion_note, normality_note
 
-    note = failed_inversion_note(profile.get("calibrated_losses") or [],
-                                 profile.get("trimmed") or [], prof["alpha"], prof["threshold"])
-    return [] if note is None else [note.rstrip(".")]  # the page adds the full stop
+    losses = profile.get("calibrated_losses") or []
+    notes = [failed_inversion_note(losses, profile.get("trimmed") or [], prof["alpha"],
+                                   prof["threshold"]),
+             normality_note(losses)]
+    return [n.rstrip(".") for n in notes if n is not None]  # the page adds the full stop
 
 
 def _histogram(

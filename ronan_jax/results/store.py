@@ -62,8 +62,8 @@ from typing import Any
 
 from ronan_jax.attribution.verdicts import BELONGING, ERROR, INVALID_ROW, NON_BELONGING, VERDICTS
 
-SCHEMA_VERSION = 3
-READABLE_VERSIONS: tuple[int, ...] = (1, 2, 3)
+SCHEMA_VERSION = 4
+READABLE_VERSIONS: tuple[int, ...] = (1, 2, 3, 4)
 """Schema versions this code reads; older ones are upgraded when opened for writing."""
 
 NON_KEY_FIELDS: frozenset[str] = frozenset(
@@ -101,8 +101,12 @@ _RESULT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("evidence_path", "TEXT"),
     ("run_id", "TEXT"),
     ("class_label", "INTEGER"),  # schema 3: a conditional model's class (known, or the winner)
+    # schema 4, the second chance: 1 if the image was inverted a second time on the model
+    # (0 if not, NULL where the profile has none), and then its first-pass model loss
+    ("second_pass", "INTEGER"),
+    ("first_loss", "REAL"),
 )
-_ADDED_COLUMNS: dict[str, int] = {"class_label": 3}
+_ADDED_COLUMNS: dict[str, int] = {"class_label": 3, "second_pass": 4, "first_loss": 4}
 """Result columns added after schema 1, with the version that added them: older databases
 read them as NULL, and are given them when opened for writing."""
 ROW_KEYS: tuple[str, ...] = tuple(name for name, _ in _RESULT_COLUMNS)
@@ -564,7 +568,7 @@ class ResultStore:
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif _schema_version(conn, self._name, tables) < SCHEMA_VERSION or (
                 "telemetry" not in tables
-            ):  # schema 2 adds the telemetry table, schema 3 result columns
+            ):  # schema 2 adds the telemetry table, 3 and 4 result columns
                 if "telemetry" not in tables:
                     _execute_script(conn, _TELEMETRY_SCHEMA)
                 present = _columns(conn)
