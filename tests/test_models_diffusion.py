@@ -197,11 +197,17 @@ def test_consistency_generator_contract(cm_pipeline):
     _, folder = cm_pipeline
     conv = convert_consistency(folder, class_label=2)
     cfg = diffusion.ConsistencyConfig.from_dict(conv.config)
-    with pytest.raises(ValueError, match="class_label"):
-        diffusion.make_consistency_generator(
-            diffusion.ConsistencyConfig(unet=cfg.unet), conv.variables
-        )
+    # Without a fixed class the generator takes each image's class (multistep: with the
+    # fixed noise key broadcast beside it).
+    free = diffusion.make_consistency_generator(
+        diffusion.ConsistencyConfig(unet=cfg.unet, num_inference_steps=2), conv.variables
+    )
+    assert free.num_classes == cfg.unet.num_class_embeds and "class_labels" not in free.condition
+    per_image = free.conditions_for_classes(np.array([4, 1, 0]))
+    np.testing.assert_array_equal(per_image["class_labels"], [4, 1, 0])
+    assert per_image["noise_key"].shape == (3, 2)
     gen = diffusion.make_consistency_generator(cfg, conv.variables)
+    assert gen.num_classes == 0  # class 2 is fixed: part of the model
     assert gen.condition["class_labels"].shape == ()
     assert "noise_key" not in gen.condition  # one step: deterministic, no noise
     multi = diffusion.make_consistency_generator(
