@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,8 @@ def plot_table(title: str, results: list[dict[str, Any]], path: Path) -> Path:
         ax.set_xscale("log")
         ax.set_xlabel("calibrated loss" if res["row"]["calibrated"] else "loss (uncalibrated)")
         ax.set_ylabel("images")
-        ax.set_title(f"{res['row']['label']}\nacc {100 * res['accuracy']:.1f} %, "
+        label = "\n".join(textwrap.wrap(res["row"]["label"], 55))  # long labels: no overlap
+        ax.set_title(f"{label}\nacc {100 * res['accuracy']:.1f} %, "
                      f"AUC {res['auc']:.3f}", fontsize=9)
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=11)
