@@ -94,6 +94,7 @@ def test_generated_set_is_deterministic_and_seed_dependent():
     assert not np.array_equal(a, sets.load_set("gen:dcgan-mnist:2", 2))
 
 
+@pytest.mark.slow  # the full-size zoo model x 10 classes: ~30 s of compiling
 def test_conditional_sets_carry_classes_and_the_cache_keeps_them(tmp_cache):
     """A conditional model's set holds each image's drawn class (the profile's draw for
     seed 0); known-class losses are cached per (image, class); the minimum records every
@@ -123,6 +124,7 @@ def test_conditional_sets_carry_classes_and_the_cache_keeps_them(tmp_cache):
     np.testing.assert_allclose(per_class[np.arange(4), drawn], known, rtol=1e-6)
 
 
+@pytest.mark.slow  # the full-size zoo model x 10 classes: ~30 s of compiling
 def test_a_screened_row_is_scored_from_the_screening_and_the_full_minimum(tmp_cache):
     base = tables.Row("c", "cdcgan-mnist", "gen:cdcgan-mnist:1", "data:mnist-unseen", "-",
                       calibrated=False, overrides=(("class_rule", "min"),))
