@@ -19,7 +19,7 @@ import numpy as np
 from benchmarks.accuracy import cache, sets
 from ronan_jax import zoo
 from ronan_jax.attribution import grubbs, second_chance
-from ronan_jax.attribution.classes import num_classes
+from ronan_jax.attribution.classes import kept_classes, num_classes
 from ronan_jax.attribution.profile import Profile, belonging_stats
 from ronan_jax.engine.config import InversionConfig
 from ronan_jax.models.resolver import shipped_profile
@@ -232,8 +232,7 @@ def screened(class_losses: np.ndarray, screen_losses: np.ndarray, keep: int
     """The screening rule from per-class losses: each image keeps its ``keep`` classes of
     lowest screening loss; its loss is the best full-run loss among them. Returns (loss,
     winning class)."""
-    order = np.argsort(np.where(np.isfinite(screen_losses), screen_losses, np.inf), axis=1)
-    kept = order[:, :keep]
+    kept = kept_classes(screen_losses, keep)
     full = np.take_along_axis(np.where(np.isfinite(class_losses), class_losses, np.inf), kept, 1)
     best = np.argmin(full, axis=1)
     loss = full[np.arange(len(full)), best]

@@ -92,6 +92,13 @@ def _expanded_invert(
     return invert(generator, expanded, config, conditions=conditions, stop_below=stop)
 
 
+def kept_classes(screen_losses: np.ndarray, keep: int) -> np.ndarray:
+    """The ``keep`` classes of each image (``[B, keep]``) with the lowest screening losses
+    (``[B, C]``; NaN counts as the highest, ties keep the lower class)."""
+    ranked = np.where(np.isnan(screen_losses), np.inf, screen_losses)
+    return np.argsort(ranked, axis=1, kind="stable")[:, :keep]
+
+
 def min_over_classes(
     generator: Generator,
     images: np.ndarray,
@@ -126,7 +133,7 @@ def min_over_classes(
         )
         screen = _expanded_invert(generator, images, every, screen_config, stop_below)
         losses = np.asarray(screen.loss, np.float64).reshape(b, c)
-        kept = np.argsort(np.where(np.isnan(losses), np.inf, losses), axis=1, kind="stable")[:, :keep]
+        kept = kept_classes(losses, keep)
         res = _expanded_invert(generator, images, kept, config, stop_below)
         np.put_along_axis(losses, kept, np.asarray(res.loss, np.float64).reshape(b, keep), axis=1)
         losses = losses.astype(np.asarray(res.loss).dtype)
