@@ -27,11 +27,10 @@ import functools
 import os
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from ronan_jax import zoo
-from ronan_jax.attribution.build import profile_classes
+from ronan_jax.attribution.build import profile_classes, profile_images
 from ronan_jax.attribution.profile import quantize_8bit
 from ronan_jax.engine.generator import LUMA_WEIGHTS, Generator
 from ronan_jax.models.checkpoint import CARD_FILE, load_generator
@@ -124,13 +123,8 @@ def _generated(rest: str, n: int) -> np.ndarray:
     path = IMAGES_DIR / f"{model}-seed{seed}-n{n}.npz"
     if path.is_file() and _same_model(path, gen.param_hash):
         return _stored(path)
-    drawn = profile_classes(gen, n, int(seed))
-    if drawn is None:
-        out = gen.generate(jax.random.key(int(seed)), n)
-    else:  # as build_profile draws a conditional model's images: classes, then inputs
-        z = gen.sample_inputs(jax.random.key(int(seed)), n)
-        out = gen.apply_fn(gen.params, z, gen.conditions_for_classes(drawn))
-    images = to_u8(quantize_8bit(np.asarray(out, np.float32)))
+    drawn = profile_classes(gen, n, int(seed))  # as build_profile draws them
+    images = to_u8(quantize_8bit(profile_images(gen, n, int(seed), drawn)))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
     extra = {} if drawn is None else {"classes": np.asarray(drawn, np.int32)}

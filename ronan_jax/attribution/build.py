@@ -77,12 +77,7 @@ def build_profile(
         raise ValueError(f"a profile needs n >= 3 images, got {n}")
     config = config or InversionConfig()
     drawn = profile_classes(model, n, seed, classes)
-    if drawn is None:
-        images = quantize_8bit(np.asarray(model.generate(jax.random.key(seed), n)))
-    else:
-        z = model.sample_inputs(jax.random.key(seed), n)
-        out = model.apply_fn(model.params, z, model.conditions_for_classes(drawn))
-        images = quantize_8bit(np.asarray(out, np.float32))
+    images = quantize_8bit(profile_images(model, n, seed, drawn))
     chunk = images_per_call(config)
     ident = {
         "model": model.identity,
@@ -194,6 +189,15 @@ def profile_classes(
     key = jax.random.fold_in(jax.random.key(seed), _CLASS_KEY)
     picks = np.asarray(jax.random.randint(key, (n,), 0, pool.size))
     return pool[picks].astype(np.int32)
+
+
+def profile_images(model: Generator, n: int, seed: int, drawn: np.ndarray | None) -> np.ndarray:
+    """The ``n`` images a profile of ``seed`` is measured on, before 8-bit rounding: inputs
+    from the key ``seed``, generated with the drawn classes of a conditional model."""
+    if drawn is None:
+        return np.asarray(model.generate(jax.random.key(seed), n), np.float32)
+    z = model.sample_inputs(jax.random.key(seed), n)
+    return np.asarray(model.apply_fn(model.params, z, model.conditions_for_classes(drawn)), np.float32)
 
 
 _CLASS_KEY = 0x636C7373  # "clss": the profile classes' stream, apart from the inputs' key

@@ -380,8 +380,7 @@ def save_sample_grid(gen: Generator, path: str | Path, seed: int) -> Path:
     class-conditional model C x C with row ``k`` drawn from class ``k``."""
     from PIL import Image
 
-    cfg = gen.info.get("config", {})
-    classes = int(cfg.get("num_classes", 0) or 0) if gen.condition is None else 0
+    classes = gen.num_classes
     if classes:
         z = gen.sample_inputs(jax.random.key(seed), classes * classes)
         labels = jnp.repeat(jnp.arange(classes, dtype=jnp.int32), classes)
