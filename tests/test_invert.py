@@ -98,13 +98,13 @@ def test_second_batch_of_same_shape_does_not_recompile(tiny_gen, mixed_images):
     cfg = CFG.replace(steps=20, seed=7)
     invert(tiny_gen, mixed_images[:4], cfg)
     program = compiled_program(tiny_gen, cfg)
-    sizes = [f._cache_size() for f in program]
+    sizes = [f._cache_size() for f in program.pieces()]
     invert(tiny_gen, mixed_images[2:6] * 0.5, cfg)
     assert compiled_program(tiny_gen, cfg) is program
-    assert [f._cache_size() for f in program] == sizes
+    assert [f._cache_size() for f in program.pieces()] == sizes
     # A ragged final batch is padded to a power-of-two bucket: 3 images -> 4, no new shape.
     invert(tiny_gen, mixed_images[:3], cfg)
-    assert [f._cache_size() for f in program] == sizes
+    assert [f._cache_size() for f in program.pieces()] == sizes
 
 
 def test_bfloat16_compute_keeps_float32_losses_and_separates(tiny_gen, mixed_images):

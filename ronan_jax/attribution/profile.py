@@ -196,12 +196,30 @@ def check_compatible(
             )
     elif reference is not None:
         problems.append("the profile is uncalibrated but a reference model was given")
+    if config.warm_start and profile.config.get("warm_start"):
+        problems += _encoder_problems(profile, model, reference)
     want = config.result_settings()
     for key in sorted(set(want) | set(profile.config)):
         if want.get(key) != profile.config.get(key):
             problems.append(f"{key}: profile {profile.config.get(key)!r}, audit {want.get(key)!r}")
     if problems:
         raise ProfileMismatchError("profile does not match this audit: " + "; ".join(problems))
+
+
+def _encoder_problems(profile: Profile, model: Generator, reference: Generator | None) -> list[str]:
+    """Warm starts depend on the encoders: a profile built warm applies only with the same
+    ones (or the same absence of one)."""
+    out = []
+    for role, recorded, gen in (("model", profile.model, model), ("reference", profile.reference, reference)):
+        if gen is None or recorded is None:
+            continue
+        have, had = gen.identity.get("encoder_hash"), recorded.get("encoder_hash")
+        if have != had:
+            def show(h: str | None) -> str:
+                return "none" if h is None else h[:12]
+            out.append(f"{role} encoder differs (profile {show(had)}, audit {show(have)}; "
+                       "warm starts begin at the encoder's output)")
+    return out
 
 
 def belonging_stats(

@@ -21,7 +21,7 @@ DEFAULT_MODEL_SPEC = "builtin:dcgan-mnist"
 CPU_BATCH_SIZE = 16
 INVERSION_FLAGS: tuple[str, ...] = ("steps", "restarts", "lr", "metric", "seed",
                                     "second_chance", "second_restarts", "second_steps",
-                                    "class_rule")
+                                    "class_rule", "warm_start")
 """Inversion settings an audit may name; they must equal the profile's."""
 
 

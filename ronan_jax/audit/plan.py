@@ -21,6 +21,7 @@ from ronan_jax.attribution.profile import (
     check_compatible,
     config_from_profile,
 )
+from ronan_jax.attribution.warm_start import WarmStartError, check_warm_start, describe_warm_start
 from ronan_jax.audit.config import AUDIT_FORMAT, AuditConfig
 from ronan_jax.engine.config import InversionConfig
 from ronan_jax.engine.environment import library_versions
@@ -82,6 +83,8 @@ class AuditPlan:
         text = f"{c.steps} steps x {c.restarts} restarts, lr {c.lr:g}, {c.metric}, seed {c.seed}"
         classes = describe_class_rule(self.model, c)
         text += f", {classes}" if classes else ""
+        warm = describe_warm_start(self.model, self.reference, c)
+        text += f", {warm}" if warm else ""
         if c.second_chance:
             second = c.second_pass()
             text += (f", second chance above calibrated loss "
@@ -96,6 +99,10 @@ def check_matches_profile(
     """Refuse (:class:`ProfileMismatchError`) weights, settings or an image shape that are
     not the profile's."""
     check_compatible(profile, model, reference, config)
+    try:
+        check_warm_start(model, reference, config)
+    except WarmStartError as exc:
+        raise ProfileMismatchError(str(exc)) from exc
     if tuple(profile.image_shape) != tuple(model.output_shape):
         raise ProfileMismatchError(
             f"the profile was built on {tuple(profile.image_shape)} images but the model "

@@ -2,7 +2,7 @@
 calls one library function, prints, and maps library errors to exit codes
 (:mod:`ronan_jax.cli.app`). Also runs as ``python -m ronan_jax.cli``."""
 
-from ronan_jax.cli import audit, convert, demo, profile, results, zoo  # noqa: F401  (registers)
+from ronan_jax.cli import audit, convert, demo, encoder, profile, results, zoo  # noqa: F401  (registers)
 from ronan_jax.cli.app import EXIT_INTERRUPTED, EXIT_USAGE, cli, main
 from ronan_jax.cli.audit import summary_paragraph
 

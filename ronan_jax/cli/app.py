@@ -48,6 +48,11 @@ CLASS_RULE_HELP = (
     "class vector (the StyleGAN authors' choice)."
 )
 SECOND_CHANCE_K = 5.0  # = ronan_jax.attribution.second_chance.DEFAULT_K (checked in tests)
+WARM_START_HELP = (
+    "Warm start: every image gets one more inversion run, started at the model's (and the "
+    "reference's) encoder output, besides the random restarts; a model without an encoder "
+    "runs cold. Train an encoder with `ronan encoder train`."
+)
 SECOND_CHANCE_HELP = (
     "Second chance: invert again on the model, with new restarts, every image whose first-pass "
     "calibrated loss is above K times the median of the profile's first-pass ones (a failed "
@@ -78,11 +83,12 @@ def plural(n: int, word: str) -> str:
 def _config_error_types() -> tuple[type[BaseException], ...]:
     """Library errors that mean "the user asked for something impossible" (exit 2)."""
     from ronan_jax.attribution.profile import ProfileMismatchError
+    from ronan_jax.attribution.warm_start import WarmStartError
     from ronan_jax.models.checkpoint import CheckpointError
     from ronan_jax.models.resolver import ModelSpecError
     from ronan_jax.report.metadata import RunSelectionError
 
-    return (ModelSpecError, CheckpointError, ProfileMismatchError, RunSelectionError)
+    return (ModelSpecError, CheckpointError, ProfileMismatchError, RunSelectionError, WarmStartError)
 
 
 class EnvironmentProblem(click.ClickException):

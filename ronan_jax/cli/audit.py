@@ -19,6 +19,7 @@ from ronan_jax.cli.app import (
     REFERENCE_HELP,
     SECOND_CHANCE_HELP,
     SECOND_CHANCE_K,
+    WARM_START_HELP,
     ProgressBar,
     cli,
     graceful_interrupt,
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
 @click.option("--second-chance", default=None, is_flag=False, flag_value=SECOND_CHANCE_K, type=click.FloatRange(min=0), metavar="[K]", help=SECOND_CHANCE_HELP + " Default and required: the profile's (its level is the profile's).")
 @click.option("--second-restarts", default=None, type=click.IntRange(min=1), help="Second chance: restarts of the second pass (default and required: the profile's).")
 @click.option("--second-steps", default=None, type=click.IntRange(min=1), help="Second chance: steps of the second pass (default and required: the profile's).")
+@click.option("--warm-start/--cold-start", "warm_start", default=None, help=WARM_START_HELP + " Default and required: the profile's.")
 @click.option("--devices", default=None, type=click.IntRange(min=1), help="Local devices each batch is split over (data parallel; default: all of this process's).")
 @click.option("--coordinator", default=None, envvar="RONAN_COORDINATOR", metavar="HOST:PORT", help="Multi-host: address of process 0's jax.distributed coordinator (env RONAN_COORDINATOR). Each process audits its share of INPUTS into its own database.")
 @click.option("--num-processes", default=None, envvar="RONAN_NUM_PROCESSES", type=click.IntRange(min=1), help="Multi-host: number of processes (env RONAN_NUM_PROCESSES). Without --coordinator, with --process-id: independent workers, no jax.distributed.")
@@ -85,6 +87,7 @@ def audit(
     second_chance: float | None,
     second_restarts: int | None,
     second_steps: int | None,
+    warm_start: bool | None,
     devices: int | None,
     coordinator: str | None,
     num_processes: int | None,
@@ -140,7 +143,7 @@ def audit(
             inversion={"steps": steps, "restarts": restarts, "lr": lr, "metric": metric,
                        "seed": seed, "class_rule": class_rule, "second_chance": second_chance,
                        "second_restarts": second_restarts, "second_steps": second_steps,
-                       "devices": devices},
+                       "warm_start": warm_start, "devices": devices},
             class_label=class_label,
             classes_from=classes_from,
         )

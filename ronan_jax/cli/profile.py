@@ -17,6 +17,7 @@ from ronan_jax.cli.app import (
     REFERENCE_HELP,
     SECOND_CHANCE_HELP,
     SECOND_CHANCE_K,
+    WARM_START_HELP,
     cli,
     handle_errors,
     stderr,
@@ -53,6 +54,7 @@ METRIC_NAMES = ("mse", "mae", "ssim")  # = ronan_jax.engine.metrics.METRICS name
 @click.option("--second-chance", default=0.0, show_default=True, is_flag=False, flag_value=SECOND_CHANCE_K, type=click.FloatRange(min=0), metavar="[K]", help=SECOND_CHANCE_HELP + " Recorded in the profile; audits apply its level.")
 @click.option("--second-restarts", default=32, show_default=True, type=click.IntRange(min=1), help="Second chance: restarts of the second pass (new starting inputs), halved at 10, 25 and 50 % of its steps.")
 @click.option("--second-steps", default=0, show_default=True, type=click.IntRange(min=0), help="Second chance: Adam steps of the second pass (0: --steps).")
+@click.option("--warm-start", is_flag=True, help=WARM_START_HELP + " Recorded in the profile; audits use it.")
 @click.option("--quiet", is_flag=True, help="No progress bar (for logs).")
 @handle_errors
 def profile(
@@ -75,6 +77,7 @@ def profile(
     second_chance: float,
     second_restarts: int,
     second_steps: int,
+    warm_start: bool,
     quiet: bool,
 ) -> None:
     """Build a model's belonging profile (run once per model; slow).
@@ -87,6 +90,7 @@ def profile(
     (and a rerun with --second-chance inverts only the second pass).
     """
     from ronan_jax.attribution.build import build_profile
+    from ronan_jax.attribution.warm_start import check_warm_start
     from ronan_jax.audit.plan import load_model_spec, load_reference_spec
     from ronan_jax.engine.config import InversionConfig
     from ronan_jax.models.resolver import default_reference_spec, normalize_spec
@@ -99,7 +103,9 @@ def profile(
     config = InversionConfig(steps=steps, restarts=restarts, lr=lr, metric=metric, seed=seed,
                              class_rule=class_rule, class_screen_steps=class_screen,
                              class_screen_keep=class_keep, second_chance=second_chance,
-                             second_restarts=second_restarts, second_steps=second_steps, **extra)
+                             second_restarts=second_restarts, second_steps=second_steps,
+                             warm_start=warm_start, **extra)
+    check_warm_start(gen, ref, config)
     out_path = Path(out or f"profile-{gen.name}.json")
     # Every measured loss is kept beside the profile: a stopped build resumes, and a rerun
     # with other statistics (--alpha, --trim-outliers) inverts nothing.
@@ -109,7 +115,7 @@ def profile(
         ref_name = "none (uncalibrated)" if ref is None else ref.name
         err.print(
             f"Profile of {gen.name} (reference {ref_name}): {samples} images, "
-            f"{describe_settings(config, gen)}."
+            f"{describe_settings(config, gen, ref)}."
         )
     with profile_progress(err, samples, quiet) as progress:
         built = build_profile(
@@ -152,13 +158,17 @@ def profile_progress(console: Console, total: int, quiet: bool) -> Iterator[Prog
         yield lambda done, n: bar.update(task, completed=done, total=n)
 
 
-def describe_settings(config: InversionConfig, model: Generator | None = None) -> str:
+def describe_settings(config: InversionConfig, model: Generator | None = None,
+                      reference: Generator | None = None) -> str:
     from ronan_jax.attribution.classes import describe_class_rule
+    from ronan_jax.attribution.warm_start import describe_warm_start
 
     classes = "" if model is None else describe_class_rule(model, config)
+    warm = "" if model is None else describe_warm_start(model, reference, config)
     text = (
         f"{config.steps} steps x {config.restarts} restarts, lr {config.lr:g}, "
         f"{config.metric}, seed {config.seed}" + (f", {classes}" if classes else "")
+        + (f", {warm}" if warm else "")
     )
     if config.second_chance:
         second = config.second_pass()

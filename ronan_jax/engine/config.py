@@ -59,6 +59,13 @@ class InversionConfig:
     The rule and why it looks at the calibrated loss: :mod:`ronan_jax.attribution.second_chance`.
     Result settings, recorded only when on, so settings made before they existed compare
     equal.
+
+    ``warm_start``: every image of a generator that has an encoder (``Generator.encoder``)
+    gets one more run, started at the encoding of the image, besides its ``restarts`` runs
+    from the prior (drawn exactly as without it). The image's loss is the minimum over its
+    runs, so at equal steps it is never above the cold run's; a generator without an encoder
+    runs cold. A result setting, recorded when on; which encoder was used is in the
+    generator's identity (``encoder_hash``).
     """
 
     steps: int = 1500
@@ -82,6 +89,7 @@ class InversionConfig:
     class_rule: str = "known"
     class_screen_steps: int = 0
     class_screen_keep: int = 2
+    warm_start: bool = False
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -156,13 +164,19 @@ class InversionConfig:
         if self.class_screen_steps:
             out.update(class_screen_steps=self.class_screen_steps,
                        class_screen_keep=self.class_screen_keep)
+        if self.warm_start:
+            out["warm_start"] = True
         return out
+
+    def runs_per_image(self, has_encoder: bool) -> int:
+        """Runs each image gets: its ``restarts``, plus the warm start when it applies."""
+        return self.restarts + int(self.warm_start and has_encoder)
 
     def second_pass(self) -> InversionConfig:
         """The settings of the second chance's pass: ``second_restarts`` restarts for
         ``second_steps`` steps, halved at ``second_halving``, seeded by
         :func:`second_pass_seed` (a new search, not a repeat of the first pass's starts),
-        the rest as this config."""
+        the rest as this config. It starts cold: the first pass already tried the encoding."""
         return dataclasses.replace(
             self,
             restarts=self.second_restarts,
@@ -170,6 +184,7 @@ class InversionConfig:
             halving_at=self.second_halving,
             seed=second_pass_seed(self.seed),
             second_chance=0.0,
+            warm_start=False,
         )
 
     def to_dict(self) -> dict[str, Any]:

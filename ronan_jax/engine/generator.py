@@ -36,6 +36,7 @@ import numpy as np
 Params = Any
 ApplyFn = Callable[[Params, jax.Array, Any], jax.Array]
 PriorFn = Callable[[jax.Array, tuple[int, ...]], jax.Array]
+EncodeFn = Callable[[Params, jax.Array, Any], jax.Array]
 
 
 def standard_normal_prior(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -58,6 +59,33 @@ def param_hash(params: Params) -> str:
         digest.update(str(arr.shape).encode())
         digest.update(np.ascontiguousarray(arr).tobytes())
     return digest.hexdigest()
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Encoder:
+    """An amortised inverse of a generator, ``E: image -> input``, for warm starts.
+
+    Attributes:
+        apply_fn: pure ``(params, images[N, H, W, C], condition) -> inputs[N, *input_shape]``
+            (float32; the images are the ones being inverted, in [0, 1]).
+        params: its parameter pytree (hashed into the generator's identity).
+        info: free-form provenance (architecture, training).
+    """
+
+    apply_fn: EncodeFn
+    params: Params
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def param_hash(self) -> str:
+        cached = self.__dict__.get("_param_hash")
+        if cached is None:
+            cached = param_hash(self.params)
+            object.__setattr__(self, "_param_hash", cached)
+        return cached
+
+    def __call__(self, images: jax.Array, condition: Any = None) -> jax.Array:
+        return self.apply_fn(self.params, images, condition).astype(jnp.float32)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -84,6 +112,9 @@ class Generator:
         class_condition: ``(class ids [N] int32) -> per-image condition pytree`` of a
             conditional model; ``None`` means the condition is the class ids themselves.
             Id -1 stands for the all-zero class vector where the family has one.
+        encoder: optional :class:`Encoder` mapping images of ``output_shape`` to inputs; with
+            ``InversionConfig.warm_start`` every image gets one more run, started at its
+            encoding. Part of the identity (``encoder_hash``) when present.
     """
 
     name: str
@@ -97,6 +128,7 @@ class Generator:
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
     num_classes: int = 0
     class_condition: Callable[[jax.Array], Any] | None = None
+    encoder: Encoder | None = None
 
     def __post_init__(self) -> None:
         if len(self.output_shape) != 3:
@@ -111,8 +143,12 @@ class Generator:
 
     @property
     def identity(self) -> dict[str, str]:
-        """Name and parameter hash: what profiles and result rows record."""
-        return {"name": self.name, "param_hash": self.param_hash}
+        """Name, parameter hash and, when it has one, the encoder's hash: what profiles and
+        result rows record."""
+        out = {"name": self.name, "param_hash": self.param_hash}
+        if self.encoder is not None:
+            out["encoder_hash"] = self.encoder.param_hash
+        return out
 
     @property
     def param_hash(self) -> str:
@@ -157,7 +193,12 @@ class Generator:
                     f"generator {gen.name!r} emits {gen.output_shape[:2]} images and cannot "
                     f"be resized to {shape[:2]}"
                 )
-            gen = gen.for_shape_fn(shape)
+            sibling = gen.for_shape_fn(shape)
+            if sibling.encoder is None and gen.encoder is not None:
+                # A resizable generator's encoder is fully convolutional too: it serves the
+                # sibling's size with the same weights.
+                sibling = sibling.replace(encoder=gen.encoder)
+            gen = sibling
         if gen.output_shape[2] != shape[2]:
             gen = match_channels(gen, shape[2])
         return gen
@@ -199,11 +240,28 @@ class _ChannelAdapter:
         return to_channels(self.inner(params, inputs, condition), self.channels)
 
 
+@dataclasses.dataclass(frozen=True)
+class _EncoderChannelAdapter:
+    """Encoder ``apply_fn`` wrapper converting its images to the channels it was trained on
+    (the inverse direction of :class:`_ChannelAdapter`); hashable by value."""
+
+    inner: EncodeFn
+    channels: int
+
+    def __call__(self, params: Params, images: jax.Array, condition: Any) -> jax.Array:
+        return self.inner(params, to_channels(images, self.channels), condition)
+
+
 def match_channels(gen: Generator, channels: int) -> Generator:
-    """Wrap ``gen`` so its output has ``channels`` channels (see :func:`to_channels`)."""
+    """Wrap ``gen`` so its output has ``channels`` channels (see :func:`to_channels`); its
+    encoder, if any, then reads images of ``channels`` channels by the same rule."""
     h, w, c = gen.output_shape
+    encoder = gen.encoder
+    if encoder is not None:
+        encoder = dataclasses.replace(encoder, apply_fn=_EncoderChannelAdapter(encoder.apply_fn, c))
     return gen.replace(
         apply_fn=_ChannelAdapter(gen.apply_fn, channels),
         output_shape=(h, w, channels),
         info={**gen.info, "channel_rule": f"{c}->{channels} (BT.601 luma / replicate)"},
+        encoder=encoder,
     )

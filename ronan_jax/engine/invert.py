@@ -45,10 +45,11 @@ class InversionResult(NamedTuple):
     loss: np.ndarray  # [B] best loss over restarts and steps (inf if every restart diverged)
     best_input: np.ndarray  # [B, *input_shape]
     reconstruction: np.ndarray  # [B, H, W, C] generator output at best_input
-    restart_losses: np.ndarray  # [B, R] loss of each restart at the last step
-    restart_best: np.ndarray  # [B, R] best loss of each restart
-    diverged: np.ndarray  # [B] bool: every restart diverged; the image must not be judged
-    steps_run: np.ndarray  # [B, R] optimisation steps each restart actually ran
+    restart_losses: np.ndarray  # [B, R] loss of each run at the last step
+    restart_best: np.ndarray  # [B, R] best loss of each run
+    diverged: np.ndarray  # [B] bool: every run diverged; the image must not be judged
+    steps_run: np.ndarray  # [B, R] optimisation steps each run actually ran
+    # R is the restarts, plus one with a warm start (column 0, the run from the encoding).
 
 
 def image_prng_key(seed: int, image: np.ndarray) -> jax.Array:
@@ -89,6 +90,10 @@ def invert(
     ``max_batch // restarts`` images per device and its runs are split over the devices
     (:mod:`ronan_jax.engine.mesh`); tables are padded to a multiple of the device count and the
     padding is never returned. Results equal those of one device.
+
+    With ``config.warm_start`` and an encoder on the generator, every image gets a run
+    started at its encoding (column 0 of the per-run arrays) besides its restarts; the
+    restarts start where they would without it.
     """
     config = config or InversionConfig()
     images = np.asarray(images, dtype=np.float32)
@@ -106,7 +111,7 @@ def invert(
         conditions = generator.batched_condition(n)
     program = compiled_program(generator, config, metric)
     mesh = data_mesh(config.devices)
-    per_call = images_per_call(config, 1 if mesh is None else mesh.size)
+    per_call = images_per_call(config, 1 if mesh is None else mesh.size, runs=program.runs)
     parts = []
     for lo in range(0, n, per_call):
         hi = min(lo + per_call, n)
@@ -121,7 +126,7 @@ def invert(
                 mesh,
             )
         )
-    r = config.restarts
+    r = program.runs
     if not parts:
         return InversionResult(
             np.zeros((0,), np.float32),
@@ -159,20 +164,26 @@ def _invert_chunk(
     per-image arrays. With a mesh, every run table is padded to a multiple of its device
     count and split over its devices (the parameters replicated); without one, nothing is
     placed explicitly."""
-    b, r = images.shape[0], config.restarts
+    b, r = images.shape[0], program.runs
     d = 1 if mesh is None else mesh.size
-    b_pad = round_up(_bucket(b, images_per_call(config, d)), d)
+    b_pad = round_up(_bucket(b, images_per_call(config, d, runs=r)), d)
     place: Callable[[Any], Any] = (lambda x: x) if mesh is None else functools.partial(shard_rows, mesh=mesh)
     params = generator.params if mesh is None else replicate(generator.params, mesh)
+    warm = r > config.restarts
+    enc_params = None
+    if warm:
+        enc = generator.encoder
+        enc_params = enc.params if mesh is None else replicate(enc.params, mesh)
     keys = jnp.stack([image_prng_key(config.seed, img) for img in images])
     targets = place(_pad(jnp.asarray(images), b_pad - b))
     cond = place(_slice_tree(conditions, 0, b, b_pad - b))
-    state = place(program.initial_state(place(_pad(keys, b_pad - b))))
+    state = place(program.initial_state(place(_pad(keys, b_pad - b)), enc_params,
+                                        targets if warm else None, cond if warm else None))
     n_runs = b * r  # padded images' runs exist in the state but are never scheduled
     run_img = place(jnp.repeat(jnp.arange(b_pad, dtype=jnp.int32), r))
     active = np.ones(n_runs, bool)
     steps_run = np.zeros(n_runs, np.int32)
-    rules = StoppingRules.for_chunk(config, stop_below)
+    rules = StoppingRules.for_chunk(config, stop_below, runs=r)
 
     done = 0
     segments = step_segments(config)

@@ -45,8 +45,14 @@ def call_bytes(generator: Generator, config: InversionConfig, images: int) -> in
     the run table the call is gathered from. Compiles the step for that shape."""
     program = compiled_program(generator, config)
     keys = jnp.stack([jax.random.key(i) for i in range(images)])
-    state = jax.eval_shape(program.initial_state, keys)
-    runs = images * config.restarts  # the step sees one target (and condition) row per run
+    warm = program.runs > config.restarts
+    state = jax.eval_shape(
+        program.initial_state, keys, generator.encoder.params if warm else None,
+        jax.ShapeDtypeStruct((images, *generator.output_shape), jnp.float32) if warm else None,
+        None if not warm or generator.condition is None
+        else jax.eval_shape(lambda: generator.batched_condition(images)),
+    )
+    runs = images * program.runs  # the step sees one target (and condition) row per run
     targets = jax.ShapeDtypeStruct((runs, *generator.output_shape), jnp.float32)
     cond = None if generator.condition is None else jax.eval_shape(lambda: generator.batched_condition(runs))
     segments = step_segments(config)  # the first advance call, as invert makes it

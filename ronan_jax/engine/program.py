@@ -1,7 +1,8 @@
 """The compiled program of one (generator, settings): its pieces, its calls and their sizes.
 
 :func:`compiled_program` builds (and caches) the jitted pieces the driver calls:
-``start`` draws each image's R starting inputs, ``init`` builds the state, ``gather`` takes
+``start`` draws each image's R starting inputs (plus its encoding first, with a warm
+start), ``init`` builds the state, ``gather`` takes
 the runs still going, ``advance`` runs a segment of steps on them, ``scatter`` puts them
 back and ``reconstruct`` renders the winners. :func:`step_segments` says how many steps each
 ``advance`` call runs, :func:`images_per_call` how many images one call holds. The memory
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from ronan_jax.engine.config import InversionConfig
-from ronan_jax.engine.generator import ApplyFn, Generator, PriorFn
+from ronan_jax.engine.generator import ApplyFn, EncodeFn, Generator, PriorFn
 from ronan_jax.engine.metrics import Metric, get_metric
 from ronan_jax.engine.state import InversionState, init_state, inversion_step, measure
 
@@ -78,12 +79,19 @@ def default_max_batch(backend: str | None = None) -> int:
     return 64 if backend == "cpu" else 4096
 
 
-def images_per_call(config: InversionConfig, devices: int = 1, backend: str | None = None) -> int:
-    """Images in one call of the program: ``max_batch // restarts`` per device (at least
-    one), with ``max_batch`` from the config or, when it says 0, the backend's default.
-    :func:`ronan_jax.engine.invert.invert` chunks the images so."""
+def images_per_call(config: InversionConfig, devices: int = 1, backend: str | None = None,
+                    runs: int | None = None) -> int:
+    """Images in one call of the program: ``max_batch // runs`` per device (at least one;
+    ``runs`` per image defaults to the restarts), with ``max_batch`` from the config or, when
+    it says 0, the backend's default. :func:`ronan_jax.engine.invert.invert` chunks the
+    images so."""
     max_batch = config.max_batch or default_max_batch(backend)
-    return max(1, max_batch // config.restarts) * devices
+    return max(1, max_batch // (runs or config.restarts)) * devices
+
+
+def warm_applies(generator: Generator, config: InversionConfig) -> bool:
+    """Whether ``generator``'s inversions with ``config`` start one run at the encoding."""
+    return bool(config.warm_start) and generator.encoder is not None
 
 
 def step_segments(config: InversionConfig, loop: str | None = None) -> list[int]:
@@ -108,20 +116,28 @@ class Program(NamedTuple):
     """The jitted pieces of one (generator, settings); each caches one compile per shape.
 
     A run table is an :class:`~ronan_jax.engine.state.InversionState` of N runs, image-major
-    (run ``i`` belongs to image ``i // restarts``).
+    (run ``i`` belongs to image ``i // runs``). ``runs`` is the restarts, plus one when the
+    program warm-starts (its run 0 of every image then starts at the image's encoding).
     """
 
-    start: Callable[..., Any]  # keys[b] -> z0[b*R]: each image's R starting inputs
+    start: Callable[..., Any]  # (keys[b], enc_params, targets[b], cond) -> z0[b*runs]
     init: Callable[..., Any]  # z0[n] -> InversionState
     gather: Callable[..., Any]  # (state, targets, cond, run_img, idx) -> (sub_state, t, c)
     advance: Callable[..., Any]  # (sub_state, params, t, c, n_steps, measure_last) -> sub_state
     scatter: Callable[..., Any]  # (state, sub_state, idx) -> state; idx out of range: dropped
     reconstruct: Callable[..., Any]  # (params, inputs, cond) -> images
+    runs: int  # runs per image
 
-    def initial_state(self, keys: jax.Array) -> InversionState:
-        """The run table of images with PRNG keys ``keys``: their starting inputs, nothing
-        measured yet (``init`` of ``start``)."""
-        return self.init(self.start(keys))
+    def pieces(self) -> tuple[Callable[..., Any], ...]:
+        """The jitted functions (each with its own compile cache)."""
+        return (self.start, self.init, self.gather, self.advance, self.scatter, self.reconstruct)
+
+    def initial_state(self, keys: jax.Array, encoder_params: Any = None, targets: Any = None,
+                      condition: Any = None) -> InversionState:
+        """The run table of images with PRNG keys ``keys`` (and, for a warm start, their
+        ``targets`` and conditions, encoded with ``encoder_params``): their starting inputs,
+        nothing measured yet (``init`` of ``start``)."""
+        return self.init(self.start(keys, encoder_params, targets, condition))
 
 
 @functools.lru_cache(maxsize=64)
@@ -135,14 +151,20 @@ def _program(
     precision: str,
     loop: str,
     unroll: int,
+    encode_fn: EncodeFn | None = None,
 ) -> Program:
     optimizer = optax.adam(lr)
     compute_dtype = jnp.bfloat16 if precision == "bfloat16" else jnp.float32
 
     @jax.jit
-    def start(keys: jax.Array) -> jax.Array:
-        z0 = jax.vmap(lambda k: prior(k, (restarts, *input_shape)))(keys)
-        return z0.reshape((-1, *input_shape)).astype(jnp.float32)
+    def start(keys: jax.Array, encoder_params: Any, targets: Any, condition: Any) -> jax.Array:
+        # The prior's draws are the same with and without a warm start: the warm run is added.
+        z0 = jax.vmap(lambda k: prior(k, (restarts, *input_shape)))(keys).astype(jnp.float32)
+        if encode_fn is not None:
+            with jax.default_matmul_precision("highest"):
+                encoded = encode_fn(encoder_params, targets, condition).astype(jnp.float32)
+            z0 = jnp.concatenate([encoded.reshape((-1, 1, *input_shape)), z0], axis=1)
+        return z0.reshape((-1, *input_shape))
 
     init = jax.jit(functools.partial(init_state, optimizer))
 
@@ -177,13 +199,16 @@ def _program(
     def reconstruct(params: Any, inputs: jax.Array, condition: Any) -> jax.Array:
         return forward(apply_fn, compute_dtype, params, inputs, condition)
 
-    return Program(start, init, gather, advance, scatter, reconstruct)
+    runs = restarts + (encode_fn is not None)
+    return Program(start, init, gather, advance, scatter, reconstruct, runs)
 
 
 def compiled_program(generator: Generator, config: InversionConfig, metric: Metric | None = None) -> Program:
     """The cached compiled pieces for a generator and settings (``metric`` overrides the
-    config's metric, e.g. a perceptual one); equal arguments return the same object."""
+    config's metric, e.g. a perceptual one); equal arguments return the same object. With
+    ``config.warm_start`` and an encoder on the generator, the program warm-starts."""
     metric_fn = metric if metric is not None else get_metric(config.metric)
+    warm = warm_applies(generator, config)
     return _program(
         generator.apply_fn,
         generator.prior,
@@ -194,4 +219,5 @@ def compiled_program(generator: Generator, config: InversionConfig, metric: Metr
         config.precision,
         resolve_loop(config.loop),
         config.unroll,
+        generator.encoder.apply_fn if warm else None,
     )

@@ -53,10 +53,12 @@ class StoppingRules:
     history: dict[int, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
 
     @classmethod
-    def for_chunk(cls, config: InversionConfig, stop_below: np.ndarray | None = None) -> StoppingRules:
-        """Fresh rules (empty history) for a chunk inverted with ``config``."""
+    def for_chunk(cls, config: InversionConfig, stop_below: np.ndarray | None = None,
+                  runs: int | None = None) -> StoppingRules:
+        """Fresh rules (empty history) for a chunk inverted with ``config``, ``runs`` runs per
+        image (default: the restarts)."""
         return cls(
-            restarts=config.restarts,
+            restarts=runs or config.restarts,
             steps=config.steps,
             check_every=config.check_every,
             plateau_window=config.plateau_window,

@@ -3,7 +3,9 @@
 Layout of a checkpoint directory::
 
     model_card.json   architecture, config, param_hash, provenance (training data, source file...)
+                      and, when an encoder ships, ``encoder``: its architecture, config, param_hash
     params/           orbax StandardCheckpointer tree of the Flax variables
+    encoder/          (optional) orbax tree of the encoder's variables (warm starts)
 
 Used by the zoo (shipped weights) and the converters (PyTorch/diffusers imports); the CLI loads
 either by path. Restored trees are checked leaf by leaf against a freshly initialised template
@@ -13,6 +15,7 @@ and against the card's parameter hash, so a damaged or mismatched checkpoint fai
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +23,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from ronan_jax.engine.generator import Generator, param_hash
+from ronan_jax.engine.generator import Encoder, Generator, param_hash
+from ronan_jax.models import encoder as encoder_model
 from ronan_jax.models.registry import get_architecture
 
 CARD_FILE = "model_card.json"
 PARAMS_DIR = "params"
+ENCODER_DIR = "encoder"
 
 
 class CheckpointError(ValueError):
@@ -97,11 +102,91 @@ def load_variables(path: str | Path) -> tuple[dict[str, Any], Any]:
 
 
 def load_generator(path: str | Path, name: str | None = None) -> Generator:
-    """A Generator from a checkpoint directory (zoo or converted)."""
+    """A Generator from a checkpoint directory (zoo or converted), with its encoder when the
+    card names one."""
     card, variables = load_variables(path)
     arch = get_architecture(card["architecture"])
     gen_name = name or card.get("name") or Path(path).name
-    return arch.make(card["config"], variables, name=gen_name, checkpoint=str(path))
+    gen = arch.make(card["config"], variables, name=gen_name, checkpoint=str(path))
+    if card.get("encoder") is not None:
+        gen = gen.replace(encoder=load_encoder(path, card))
+    return gen
+
+
+def load_encoder(path: str | Path, card: dict[str, Any] | None = None) -> Encoder:
+    """The verified encoder of a checkpoint directory (``CheckpointError`` if the card names
+    none, or its weights are missing, damaged or not the card's)."""
+    path = Path(path).absolute()
+    card = card if card is not None else read_card(path)
+    entry = card.get("encoder")
+    if not isinstance(entry, dict) or entry.get("architecture") != encoder_model.ARCHITECTURE:
+        raise CheckpointError(f"{path}: the model card names no {encoder_model.ARCHITECTURE} encoder")
+    try:
+        config = encoder_model.EncoderConfig.from_dict(entry["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: invalid encoder config in the model card ({exc})") from exc
+    abstract = jax.eval_shape(lambda: encoder_model.init_variables(config, jax.random.key(0)))
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            variables = ckptr.restore(path / ENCODER_DIR, abstract)
+    except Exception as exc:  # orbax raises many types for damaged trees
+        raise CheckpointError(f"{path}: cannot restore the encoder ({exc})") from exc
+    variables = _to_numpy(variables)
+    check_tree(abstract, variables, source=f"{path} (encoder)")
+    digest = param_hash(variables)
+    if digest != entry.get("param_hash"):
+        raise CheckpointError(
+            f"{path}: encoder hash {digest[:12]} does not match the model card "
+            f"({str(entry.get('param_hash'))[:12]}); the encoder was changed or damaged"
+        )
+    return encoder_model.make_encoder(config, variables, training=entry.get("training", {}))
+
+
+def save_encoder(
+    path: str | Path,
+    config: encoder_model.EncoderConfig,
+    variables: Any,
+    training: dict[str, Any] | None = None,
+    replace: bool = False,
+) -> dict[str, Any]:
+    """Write an encoder into the checkpoint directory ``path`` and name it in the card.
+
+    The model's own weights and ``param_hash`` are untouched. Refuses to overwrite an
+    encoder unless ``replace``. The weights are written next to the old ones and swapped in,
+    then the card is rewritten atomically, so a kill leaves the old encoder or the new one.
+    Returns the card's ``encoder`` entry.
+    """
+    path = Path(path).absolute()
+    card = read_card(path)
+    if card.get("encoder") is not None and not replace:
+        raise CheckpointError(f"{path} already has an encoder (replace it explicitly)")
+    check_tree(jax.eval_shape(lambda: encoder_model.init_variables(config, jax.random.key(0))),
+               variables, source="encoder")
+    variables = _to_numpy(variables)
+    staging = path / (ENCODER_DIR + ".new")
+    if staging.exists():
+        shutil.rmtree(staging)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(staging, variables)
+    old = path / (ENCODER_DIR + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if (path / ENCODER_DIR).exists():
+        (path / ENCODER_DIR).rename(old)
+    staging.rename(path / ENCODER_DIR)
+    entry = {
+        "architecture": encoder_model.ARCHITECTURE,
+        "config": config.to_dict(),
+        "param_hash": param_hash(variables),
+        "training": training or {},
+    }
+    card["encoder"] = entry
+    tmp = path / (CARD_FILE + ".tmp")
+    tmp.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path / CARD_FILE)
+    if old.exists():
+        shutil.rmtree(old)
+    return entry
 
 
 def template_shapes(architecture: str, config: dict[str, Any]) -> Any:

@@ -28,6 +28,8 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
+
 MEMORY_DEVICE = "device"
 MEMORY_RSS = "process-rss"
 MEMORY_PEAK_RSS = "process-peak-rss"
@@ -92,15 +94,17 @@ class BatchTelemetry:
 
 def step_counts(results: Iterable[Any], restarts: int, steps: int) -> tuple[int, int]:
     """(steps run, full budget) of inversion results (``InversionResult``; None skipped):
-    the sum of ``steps_run`` and ``images x restarts x steps`` per result."""
+    the sum of ``steps_run`` and ``images x runs x steps`` per result, where the runs per
+    image are ``steps_run``'s columns (the restarts, plus a warm start's run) when known."""
     run = budget = 0
     for res in results:
         if res is None:
             continue
         done = getattr(res, "steps_run", None)
         images = len(res.loss)
-        budget += images * restarts * steps
-        run += images * restarts * steps if done is None else int(done.sum())
+        runs = restarts if done is None or np.ndim(done) != 2 else int(np.shape(done)[1])
+        budget += images * runs * steps
+        run += images * runs * steps if done is None else int(np.sum(done))
     return run, budget
 
 
