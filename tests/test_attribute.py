@@ -66,14 +66,14 @@ def test_belonging_images_invert_10x_lower_than_natural_crops(models, natural_cr
 
 def test_attribute_separates_belonging_from_natural_images(models, natural_crops, profile):
     model, reference = models
-    own = quantize_8bit(np.asarray(model.generate(jax.random.key(7), 100)))
+    own = quantize_8bit(np.asarray(model.generate(jax.random.key(7), 50)))
     out_own = attribute(own, model, reference, profile)
-    out_nat = attribute(natural_crops, model, reference, profile)
+    out_nat = attribute(natural_crops[:50], model, reference, profile)
     tp = int(np.sum(out_own.verdict == "belonging"))
     tn = int(np.sum(out_nat.verdict == "non-belonging"))
-    print(f"belonging judged belonging: {tp}/100, natural judged non-belonging: {tn}/100")
-    assert tp >= 95
-    assert tn >= 95
+    print(f"belonging judged belonging: {tp}/50, natural judged non-belonging: {tn}/50")
+    assert tp >= 47
+    assert tn >= 47
     assert np.all(out_nat.p_value[out_nat.verdict == "non-belonging"] < profile.alpha)
     np.testing.assert_allclose(out_own.calibrated_loss, out_own.loss / out_own.ref_loss, rtol=1e-6)
 

@@ -33,9 +33,10 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 def settings_tag(config: InversionConfig, n: int) -> str:
     default = InversionConfig()
+    warm = "-warm" if config.warm_start else ""
     if (config.steps, config.restarts, n) == (default.steps, default.restarts, 100):
-        return ""
-    return f"-{config.steps}x{config.restarts}-n{n}"
+        return warm
+    return f"-{config.steps}x{config.restarts}{warm}-n{n}"
 
 
 def markdown(title: str, results: list[dict], command: str, seconds: float,
@@ -53,7 +54,8 @@ def markdown(title: str, results: list[dict], command: str, seconds: float,
     if not results:
         return "\n".join(lines) + "\n"
     s = results[0]["settings"]
-    lines += ["", f"Settings: {s['steps']} steps x {s['restarts']} restarts, lr {s['lr']}, "
+    warm = " (+ 1 warm-started run from the encoders)" if s.get("warm_start") else ""
+    lines += ["", f"Settings: {s['steps']} steps x {s['restarts']} restarts{warm}, lr {s['lr']}, "
               f"N = {results[0]['profile']['n']}, alpha {results[0]['alpha']}, "
               f"{results[0]['n']} + {results[0]['n']} images per row; wall time of this "
               f"invocation {seconds:.0f} s (cached inversions cost nothing)."]
@@ -125,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--restarts", type=int, default=8)
     ap.add_argument("--n", type=int, default=100, help="profile size N and images per side")
     ap.add_argument("--alpha", type=float, default=0.05)
+    ap.add_argument("--warm", action="store_true",
+                    help="warm start: one more run per image from the model's (and the "
+                         "reference's) encoder")
     ap.add_argument("--quick", action="store_true", help="20 steps x 2 restarts, n 10")
     ap.add_argument("--rows", nargs="+", metavar="TEXT",
                     help="only rows whose label contains one of these (file tagged -part)")
@@ -143,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown table(s) {unknown}; choose from {list(tables.TABLES)} or all")
     if args.quick:
         args.steps, args.restarts, args.n = 20, 2, 10
-    config = InversionConfig(steps=args.steps, restarts=args.restarts)
+    config = InversionConfig(steps=args.steps, restarts=args.restarts, warm_start=args.warm)
     command = "python -m benchmarks.accuracy " + " ".join(sys.argv[1:] if argv is None else argv)
     fill_seconds = None
     if args.workers > 1 and not args.partial:

@@ -38,9 +38,13 @@ def image_sha(image_u8: np.ndarray) -> str:
 
 
 def identity(gen: Generator, config: InversionConfig) -> dict:
-    """What determines a loss besides the image: the weights and the result settings."""
-    return {"generator": gen.name, "param_hash": gen.param_hash,
-            "settings": config.result_settings()}
+    """What determines a loss besides the image: the weights and the result settings (and,
+    for a warm start, the encoder it starts from)."""
+    out = {"generator": gen.name, "param_hash": gen.param_hash,
+           "settings": config.result_settings()}
+    if config.warm_start and gen.encoder is not None:
+        out["encoder_hash"] = gen.encoder.param_hash
+    return out
 
 
 def cache_path(gen: Generator, config: InversionConfig, root: Path | None = None) -> Path:
@@ -166,6 +170,16 @@ def losses(
     loss = np.array([done[s]["loss"] for s in shas], np.float64)
     steps = np.array([done[s]["steps"] for s in shas], np.int64)
     return loss, steps
+
+
+def seconds(gen: Generator, images_u8: np.ndarray, config: InversionConfig,
+            classes: np.ndarray | None = None, root: Path | None = None) -> np.ndarray:
+    """Wall seconds each image's inversion took as recorded (its chunk's time per image,
+    first-call compile included; NaN where a record has none)."""
+    images_u8 = np.asarray(images_u8, np.uint8)
+    gen, _, _, done = _open(gen, images_u8, config, root)
+    shas = record_keys(images_u8, gen, config, classes)
+    return np.array([done.get(s, {}).get("seconds", np.nan) for s in shas], np.float64)
 
 
 def class_records(gen: Generator, images_u8: np.ndarray, config: InversionConfig,

@@ -197,6 +197,11 @@ TABLES["second"] = ("Tables 2-5, 7 and the core rows with the second chance (k =
 ])
 
 
+def _mean_finite(values: np.ndarray) -> float | None:
+    ok = np.isfinite(values)
+    return float(np.mean(values[ok])) if ok.any() else None
+
+
 def auc(pos: np.ndarray, neg: np.ndarray) -> float:
     """P(a belonging image has a lower calibrated loss than a non-belonging one), ties 1/2.
 
@@ -247,7 +252,8 @@ def _model_losses(model: str, spec: str, images: np.ndarray, config: InversionCo
     classes = sets.load_classes(spec, n) if num_classes(gen) else None
     loss, steps = cache.losses(gen, images, config, spec, log, root=root,
                                cached_only=cached_only, classes=classes)
-    out = {"loss": loss, "steps": steps}
+    out = {"loss": loss, "steps": steps,
+           "seconds": cache.seconds(gen, images, config, classes, root)}
     if not num_classes(gen):
         return out
     winner, class_losses = cache.class_records(gen, images, config, classes, root)
@@ -284,7 +290,8 @@ def calibrated(model: str, spec: str, config: InversionConfig, n: int, calibrate
                                            spec, log, root=root, cached_only=cached_only)
         with np.errstate(divide="ignore", invalid="ignore"):
             out["calibrated"] = loss / ref_loss
-        out.update(ref_loss=ref_loss, steps=steps + ref_steps)
+        ref_seconds = cache.seconds(ref, images, config.replace(class_rule="known"), root=root)
+        out.update(ref_loss=ref_loss, steps=steps + ref_steps, seconds=out["seconds"] + ref_seconds)
     else:
         out["calibrated"] = loss
     out["calibrated"] = np.where(np.isfinite(out["calibrated"]), out["calibrated"], np.nan)
@@ -343,7 +350,6 @@ def score(row: Row, config: InversionConfig, n: int, alpha: float = 0.05,
     # the budget of the paper's rule: every class's full run under "min" (a screened row's
     # steps run are its screening run plus its kept classes' full runs)
     per_class = classes if config.class_rule == "min" else 1
-    extra = {}
     if "winner" in pos:  # the class each image was judged with, against its own class
         extra["class_agreement"] = {
             k: float(np.mean(d["winner"] == d["truth"])) for k, d in (("positives", pos), ("negatives", neg))
@@ -362,6 +368,8 @@ def score(row: Row, config: InversionConfig, n: int, alpha: float = 0.05,
         "steps_run": int(pos["steps"].sum() + neg["steps"].sum()),
         # what the same images cost without early stopping (M and reference)
         "steps_budget": int(2 * n * config.steps * config.restarts * (per_class + (1 if row.calibrated else 0))),
+        # seconds per test image (M and reference), as the cache recorded them while filling
+        "seconds_per_image": _mean_finite(np.concatenate([pos["seconds"], neg["seconds"]])),
         "calibrated": {k: [float(x) for x in d["calibrated"]]
                        for k, d in (("profile", prof), ("positives", pos), ("negatives", neg))},
         **extra,
