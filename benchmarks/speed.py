@@ -74,7 +74,7 @@ from benchmarks import floor as floor_mod
 from ronan_jax.attribution.attribute import attribute
 from ronan_jax.attribution.build import build_profile
 from ronan_jax.attribution.profile import Profile, quantize_8bit
-from ronan_jax.engine.config import InversionConfig
+from ronan_jax.engine.config import InversionConfig, preset_config
 from ronan_jax.engine.generator import Generator
 from ronan_jax.engine.invert import invert
 from ronan_jax.engine.program import images_per_call, resolve_loop, step_segments
@@ -228,6 +228,7 @@ def load_model(name: str, impl: str | None = None) -> Model:
     """The benchmark's DCGAN: the zoo's ``dcgan-mnist`` if its weights are installed, else
     random weights of the same config (``random_variables``); ``random-ngf64``: random
     weights, nz 100, ngf 64, 3 channels, 32x32 (a CIFAR-sized reference point)."""
+    encoder = None
     if name == "dcgan-mnist":
         try:
             from ronan_jax import zoo
@@ -236,6 +237,7 @@ def load_model(name: str, impl: str | None = None) -> Model:
             try:
                 gen = zoo.load(name)
                 variables, source = gen.params, f"zoo {name} (trained weights)"
+                encoder = gen.encoder
             except Exception as exc:  # weights not trained/installed yet
                 variables = _random_variables(cfg)
                 source = f"random weights with {name}'s config (zoo weights unavailable: {str(exc).splitlines()[0]})"
@@ -254,6 +256,8 @@ def load_model(name: str, impl: str | None = None) -> Model:
     if impl is not None:
         cfg = dataclasses.replace(cfg, convt_impl=impl)
     gen = dcgan.make_generator(cfg, variables, name=f"bench-{name}")
+    if encoder is not None:  # the zoo's encoder: the fast preset's warm start
+        gen = gen.replace(encoder=encoder)
     return Model(gen, cfg, variables, source, nonbelonging)
 
 
@@ -811,6 +815,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         decisions, decision_baseline = _decisions(model, settings, timing, bench, log, decisions_so_far)
         results["decisions"] = decisions
 
+    # ---- equal accuracy: the fast preset against the paper's, and the baseline at the paper's
+    equal_acc = None
+    if not settings.skip_decisions and not settings.decisions_only:
+        equal_acc = _equal_accuracy(model, settings, timing, log)
+        results["equal_accuracy"] = equal_acc
+        save()
+
     # ---- summary: the ratios last
     results["wall_s"] = time.perf_counter() - t_start
     results["max_rss_bytes"] = max_rss_bytes()
@@ -832,6 +843,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         }
     if decisions is not None:
         summary["equal_decisions"] = decisions["summary"]
+    if equal_acc is not None:
+        summary["equal_accuracy"] = equal_acc
     results["summary"] = summary
     if settings.out:
         save(final=True)
@@ -850,6 +863,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         log(f"speed-up: {summary['equal_work']['speedup']:.2f}x")
     if decisions is not None:
         log(decisions["summary"]["line"])
+    if equal_acc is not None:
+        if "line_detail" in equal_acc:
+            log(equal_acc["line_detail"])
+        log(equal_acc["line"])
     return results
 
 
@@ -1035,6 +1052,77 @@ def _decisions(
     section["es_timing"] = es_variant.as_dict()
     section["summary"] = summary
     return section, base_vars
+
+
+def _accuracy(verdict: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean((np.asarray(verdict) == "belonging") == labels))
+
+
+def _equal_accuracy(
+    model: Model,
+    settings: Settings,
+    timing: list[Variant],
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """The fast preset (warm start, ``decision_stop``) against the paper's preset on the same
+    images: accuracy and AUC of each (uncalibrated profiles of N = ``profile_n``, each built
+    with its own preset), and the fast preset's seconds per image against the per-image
+    PyTorch loop's at the paper's 1500 x 8 (timed at ``settings.steps``, extrapolated, best of
+    every baseline run in this process). The ratio counts only when the fast preset's
+    accuracy is not lower and its AUC within ``AUC_TOLERANCE``."""
+    n = settings.n_decision
+    images, labels, source = decision_images(model, n, seed=2)
+    gen = model.generator
+    paper = preset_config("paper")
+    fast = preset_config("fast")
+    log(f"equal accuracy: {n} belonging + {n} non-belonging ({source}); paper preset "
+        f"{paper.steps} x {paper.restarts} against fast preset {fast.steps} x {fast.restarts}"
+        f"{' + warm start' if fast.warm_start and gen.encoder is not None else ' (no encoder: cold)'}"
+        f" with decision_stop; uncalibrated profiles, N {settings.profile_n}")
+    out: dict[str, Any] = {"n_belonging": n, "n_nonbelonging": n, "nonbelonging_source": source}
+    for name, cfg, stop in (("paper", paper, False), ("fast", fast, True)):
+        t0 = time.perf_counter()
+        prof = build_profile(gen, None, n=settings.profile_n, seed=0, config=cfg)
+        att = attribute(images, gen, None, prof, cfg, decision_stop=stop)
+        out[name] = {
+            "settings": cfg.result_settings(),
+            "decision_stop": stop,
+            "accuracy": _accuracy(att.verdict, labels),
+            "auc": auc_lower_is_positive(att.calibrated_loss, labels),
+            "steps_run_per_image": float(np.sum(att.model_result.steps_run)) / len(images),
+            "profile_threshold": prof.threshold,
+            "first_call_s": time.perf_counter() - t0,
+        }
+        log(f"  {name:5s} preset: accuracy {out[name]['accuracy']:.1%}, AUC {out[name]['auc']:.4f}, "
+            f"{out[name]['steps_run_per_image']:.0f} steps run per image "
+            f"(profile and images: {out[name]['first_call_s']:.0f} s)")
+    fast_prof = build_profile(gen, None, n=settings.profile_n, seed=0, config=fast)
+    fast_var = Variant("jax fast preset", "jax",
+                       lambda: attribute(images, gen, None, fast_prof, fast, decision_stop=True),
+                       len(images), fast.steps)
+    for _ in range(settings.reps):
+        seconds, _ = _timed(fast_var.run)
+        fast_var.samples.append(seconds)
+    torch_timed = [v for v in timing if v.kind == "torch" and v.samples]
+    ok = (out["fast"]["accuracy"] >= out["paper"]["accuracy"]
+          and abs(out["fast"]["auc"] - out["paper"]["auc"]) <= AUC_TOLERANCE)
+    out.update(fast_s_per_image=fast_var.per_image, fast_samples_s=fast_var.samples, equal=ok)
+    if not torch_timed:
+        out["line"] = "speed-up at equal accuracy: not measured (no baseline timing in this run)"
+        return out
+    base_name, base_s = pooled_best(torch_timed)
+    base_1500 = base_s * PAPER_STEPS / settings.steps
+    ratio = base_1500 / fast_var.per_image
+    out.update(baseline=base_name, baseline_s_per_image_paper=base_1500, speedup=ratio)
+    out["line"] = (f"speed-up at equal accuracy: {ratio:.2f}x" if ok else
+                   f"speed-up of the fast preset (accuracy NOT equal to the paper preset's): {ratio:.2f}x")
+    out["line_detail"] = (
+        f"equal accuracy: fast preset {fast_var.per_image:.4f} s/image (accuracy "
+        f"{out['fast']['accuracy']:.1%}, AUC {out['fast']['auc']:.4f}) vs {base_name} "
+        f"{base_1500:.3f} s/image at {PAPER_STEPS} x {RESTARTS} (timed at {settings.steps} steps, "
+        f"extrapolated; the paper preset's accuracy {out['paper']['accuracy']:.1%}, AUC "
+        f"{out['paper']['auc']:.4f} on the same images)")
+    return out
 
 
 def _jsonable(obj: Any) -> Any:

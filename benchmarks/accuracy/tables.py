@@ -346,7 +346,8 @@ def score(row: Row, config: InversionConfig, n: int, alpha: float = 0.05,
 
     bp, bn = belonging(pos["calibrated"]), belonging(neg["calibrated"])
     tp, fn, fp, tn = int(bp.sum()), int((~bp).sum()), int(bn.sum()), int((~bn).sum())
-    classes = num_classes(sets.load_model(row.model))
+    model_gen = sets.load_model(row.model)
+    classes = num_classes(model_gen)
     # the budget of the paper's rule: every class's full run under "min" (a screened row's
     # steps run are its screening run plus its kept classes' full runs)
     per_class = classes if config.class_rule == "min" else 1
@@ -367,7 +368,10 @@ def score(row: Row, config: InversionConfig, n: int, alpha: float = 0.05,
         "auc": auc(pos["calibrated"], neg["calibrated"]),
         "steps_run": int(pos["steps"].sum() + neg["steps"].sum()),
         # what the same images cost without early stopping (M and reference)
-        "steps_budget": int(2 * n * config.steps * config.restarts * (per_class + (1 if row.calibrated else 0))),
+        "steps_budget": int(2 * n * config.steps * (
+            per_class * config.runs_per_image(model_gen.encoder is not None)
+            + (config.runs_per_image(zoo.load(zoo.default_reference(row.model)).encoder is not None)
+               if row.calibrated else 0))),
         # seconds per test image (M and reference), as the cache recorded them while filling
         "seconds_per_image": _mean_finite(np.concatenate([pos["seconds"], neg["seconds"]])),
         "calibrated": {k: [float(x) for x in d["calibrated"]]
