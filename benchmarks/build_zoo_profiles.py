@@ -2,6 +2,7 @@
 
     python -m benchmarks.build_zoo_profiles dcgan-mnist            # the paper's defaults: N 100, 1500 x 8
     python -m benchmarks.build_zoo_profiles dcgan-mnist --demo     # the demo's: N 100, 100 x 8
+    python -m benchmarks.build_zoo_profiles dcgan-mnist --preset fast   # N 100, the fast preset
 
 Progress is appended to benchmarks/progress/<name>.progress.jsonl (committed) after every chunk of images, so
 a stopped build resumes where it stopped. Expected runtime on 2 CPU cores: ~5 minutes for the
@@ -18,7 +19,9 @@ from pathlib import Path
 
 from ronan_jax import zoo
 from ronan_jax.attribution.build import build_profile
+from ronan_jax.attribution.presets import PRESETS, get_preset
 from ronan_jax.engine.config import InversionConfig
+from ronan_jax.models.resolver import preset_profile_name
 
 DEMO_STEPS = 100
 
@@ -27,11 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model")
     ap.add_argument("--demo", action="store_true", help=f"{DEMO_STEPS} steps (the demo's profile)")
+    ap.add_argument("--preset", default="paper", choices=list(PRESETS),
+                    help="the inversion preset (fast: NAME-fast.json, warm start, trimmed)")
     ap.add_argument("--samples", type=int, default=100)
     ap.add_argument("--out-dir", default=str(Path(zoo.__file__).parent / "profiles"))
     args = ap.parse_args(argv)
-    config = InversionConfig(steps=DEMO_STEPS if args.demo else 1500, restarts=8, lr=0.1)
-    name = f"{args.model}-demo" if args.demo else args.model
+    preset = get_preset(args.preset)
+    config = InversionConfig(steps=DEMO_STEPS, restarts=8) if args.demo else preset.config()
+    name = f"{args.model}-demo" if args.demo else preset_profile_name(args.model, args.preset)
     out = Path(args.out_dir) / f"{name}.json"
     progress = Path("benchmarks/progress") / f"{name}.progress.jsonl"
     model = zoo.load(args.model)
@@ -42,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {done}/{total} images, {time.time() - t0:.0f} s", flush=True)
 
     prof = build_profile(model, reference, n=args.samples, seed=0, config=config,
-                         progress=report, resume_path=progress)
+                         progress=report, resume_path=progress,
+                         trim_outliers=preset.trim_outliers and not args.demo)
     ref_name = zoo.default_reference(args.model)
     prof = dataclasses.replace(
         prof,

@@ -73,8 +73,9 @@ import numpy as np
 from benchmarks import floor as floor_mod
 from ronan_jax.attribution.attribute import attribute
 from ronan_jax.attribution.build import build_profile
+from ronan_jax.attribution.presets import get_preset
 from ronan_jax.attribution.profile import Profile, quantize_8bit
-from ronan_jax.engine.config import InversionConfig, preset_config
+from ronan_jax.engine.config import InversionConfig
 from ronan_jax.engine.generator import Generator
 from ronan_jax.engine.invert import invert
 from ronan_jax.engine.program import images_per_call, resolve_loop, step_segments
@@ -1073,16 +1074,19 @@ def _equal_accuracy(
     n = settings.n_decision
     images, labels, source = decision_images(model, n, seed=2)
     gen = model.generator
-    paper = preset_config("paper")
-    fast = preset_config("fast")
+    paper_preset, fast_preset = get_preset("paper"), get_preset("fast")
+    paper, fast = paper_preset.config(), fast_preset.config()
     log(f"equal accuracy: {n} belonging + {n} non-belonging ({source}); paper preset "
         f"{paper.steps} x {paper.restarts} against fast preset {fast.steps} x {fast.restarts}"
         f"{' + warm start' if fast.warm_start and gen.encoder is not None else ' (no encoder: cold)'}"
         f" with decision_stop; uncalibrated profiles, N {settings.profile_n}")
     out: dict[str, Any] = {"n_belonging": n, "n_nonbelonging": n, "nonbelonging_source": source}
-    for name, cfg, stop in (("paper", paper, False), ("fast", fast, True)):
+    profiles = {}
+    for name, cfg, stop, preset in (("paper", paper, False, paper_preset), ("fast", fast, True, fast_preset)):
         t0 = time.perf_counter()
-        prof = build_profile(gen, None, n=settings.profile_n, seed=0, config=cfg)
+        prof = build_profile(gen, None, n=settings.profile_n, seed=0, config=cfg,
+                             trim_outliers=preset.trim_outliers)
+        profiles[name] = prof
         att = attribute(images, gen, None, prof, cfg, decision_stop=stop)
         out[name] = {
             "settings": cfg.result_settings(),
@@ -1096,7 +1100,7 @@ def _equal_accuracy(
         log(f"  {name:5s} preset: accuracy {out[name]['accuracy']:.1%}, AUC {out[name]['auc']:.4f}, "
             f"{out[name]['steps_run_per_image']:.0f} steps run per image "
             f"(profile and images: {out[name]['first_call_s']:.0f} s)")
-    fast_prof = build_profile(gen, None, n=settings.profile_n, seed=0, config=fast)
+    fast_prof = profiles["fast"]
     fast_var = Variant("jax fast preset", "jax",
                        lambda: attribute(images, gen, None, fast_prof, fast, decision_stop=True),
                        len(images), fast.steps)

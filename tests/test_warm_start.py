@@ -175,7 +175,7 @@ def test_a_resizable_generators_encoder_follows_it_to_other_sizes_and_channels()
 
 
 def test_encoder_training_resumes_after_a_stop_and_ends_as_an_uninterrupted_run(tmp_path):
-    settings = EncoderTraining(steps=100, batch=8, save_every=50)
+    settings = EncoderTraining(steps=20, batch=8, save_every=10)
     cfg = encoder_model.EncoderConfig((16, 16, 1), (8,), **SMALL)
     whole = save_tiny_dcgan(tmp_path / "whole", seed=7, name="t")
     stopped = save_tiny_dcgan(tmp_path / "stopped", seed=7, name="t")
@@ -189,14 +189,14 @@ def test_encoder_training_resumes_after_a_stop_and_ends_as_an_uninterrupted_run(
         train_encoder(stopped, settings, config=cfg, progress=stop)
     assert (stopped / STATE_DIR / "state.npz").is_file()
     resumed = train_encoder(stopped, settings, config=cfg)
-    assert resumed.resumed_from == 50
+    assert resumed.resumed_from == 10
     assert resumed.entry["param_hash"] == done.entry["param_hash"]
     assert load_generator(stopped).encoder.param_hash == done.entry["param_hash"]
 
 
 def test_a_trained_encoder_lowers_the_loss_of_the_models_own_images(tmp_path):
     path = save_tiny_dcgan(tmp_path / "m", seed=8, name="m")
-    train_encoder(path, EncoderTraining(steps=300, batch=32),
+    train_encoder(path, EncoderTraining(steps=200, batch=32),
                   config=encoder_model.EncoderConfig((16, 16, 1), (8,), **SMALL))
     gen = load_generator(path)
     own = np.asarray(gen.generate(jax.random.key(99), 8))
@@ -250,3 +250,39 @@ def test_a_warm_profile_audits_warm_and_refuses_a_cold_audit_from_the_command_li
     cold = invoke(["audit", folder, "--model", model, "--profile", tmp_path / "p.json",
                    "--db", tmp_path / "c.sqlite", "--cold-start", "--quiet"])
     assert cold.exit_code == 2 and "warm_start: profile True, audit None" in cold.output
+
+
+def test_the_cli_presets_are_the_engines_and_paper_is_the_spec_default():
+    from ronan_jax.attribution.presets import PRESETS, get_preset
+    from ronan_jax.cli.app import PRESET_NAMES
+
+    assert PRESET_NAMES == tuple(PRESETS)
+    paper = get_preset("paper").config()
+    assert (paper.steps, paper.restarts, paper.warm_start) == (1500, 8, False)
+    assert paper == InversionConfig() and not get_preset("paper").trim_outliers
+    fast = get_preset("fast").config(seed=3)
+    assert fast.warm_start and fast.seed == 3
+    assert fast.steps * fast.runs_per_image(True) < paper.steps * paper.restarts
+    with pytest.raises(ValueError, match="unknown preset 'slow'"):
+        get_preset("slow")
+
+
+def test_the_fast_preset_needs_the_models_encoder_and_audit_preset_needs_a_shipped_profile(tmp_path, monkeypatch):
+    from ronan_jax.audit.plan import AuditPlanError, profile_path_for
+    from ronan_jax.models import resolver
+
+    model = save_tiny_dcgan(tmp_path / "plain", seed=14, name="plain")
+    out = invoke(["profile", "--model", model, "--reference", model, "--preset", "fast",
+                  "--samples", "3", "-o", tmp_path / "p.json", "--quiet"])
+    assert out.exit_code == 2 and "has none; train one with `ronan encoder train" in out.output
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "vae-mnist.json").write_text("{}")
+    monkeypatch.setattr(resolver, "_PROFILES_DIR", tmp_path / "profiles")
+    assert profile_path_for("builtin:vae-mnist", None) == tmp_path / "profiles" / "vae-mnist.json"
+    with pytest.raises(AuditPlanError, match=r"no fast-preset profile is shipped for builtin:vae-mnist.*--preset fast"):
+        profile_path_for("builtin:vae-mnist", None, "fast")
+    (tmp_path / "profiles" / "vae-mnist-fast.json").write_text("{}")
+    assert profile_path_for("builtin:vae-mnist", None, "fast").name == "vae-mnist-fast.json"
+    both = invoke(["audit", tmp_path, "--model", model, "--profile", tmp_path / "x.json",
+                   "--preset", "fast", "--db", tmp_path / "r.sqlite", "--quiet"])
+    assert both.exit_code == 2 and "--preset picks a shipped profile" in both.output

@@ -8,13 +8,15 @@ import numpy as np
 import pytest
 
 from ronan_jax import zoo
+from ronan_jax.attribution.presets import get_preset
 from ronan_jax.attribution.profile import Profile
 
 PROFILES = sorted((Path(zoo.__file__).parent / "profiles").glob("*.json"))
 
 
-def test_the_demo_profile_ships():
-    assert any(p.name == "dcgan-mnist-demo.json" for p in PROFILES)
+def test_the_demo_profiles_ship():
+    names = {p.name for p in PROFILES}
+    assert {"dcgan-mnist-demo.json", "dcgan-mnist-fast.json"} <= names
 
 
 @pytest.mark.parametrize("path", PROFILES, ids=[p.stem for p in PROFILES])
@@ -26,9 +28,17 @@ def test_shipped_profile_loads_and_matches_its_models_parameter_hash(path):
     ref_name = zoo.default_reference(prof.model["name"])
     assert prof.reference["name"] == ref_name
     assert prof.reference["param_hash"] == zoo.load(ref_name).param_hash
-    assert prof.n == 100 and prof.config["restarts"] == 8 and prof.config["lr"] == 0.1
     cal = np.asarray(prof.calibrated_losses)
-    assert prof.mu == pytest.approx(cal.mean()) and prof.sigma == pytest.approx(cal.std(ddof=1))
     np.testing.assert_allclose(cal, np.asarray(prof.losses) / np.asarray(prof.ref_losses), rtol=1e-6)
+    kept = np.delete(cal, prof.trimmed)
+    assert prof.mu == pytest.approx(kept.mean()) and prof.sigma == pytest.approx(kept.std(ddof=1))
+    if path.stem.endswith("-fast"):  # the fast preset: warm starts from the shipped encoders
+        fast = get_preset("fast")
+        assert prof.config == fast.config().result_settings()
+        assert prof.model["encoder_hash"] == model.encoder.param_hash
+        assert prof.reference["encoder_hash"] == zoo.load(ref_name).encoder.param_hash
+        return
+    assert prof.n == 100 and prof.config["restarts"] == 8 and prof.config["lr"] == 0.1
+    assert not prof.trimmed
     if not path.stem.endswith("-demo"):
         assert prof.config["steps"] == 1500  # the paper's defaults for the full profiles

@@ -35,7 +35,8 @@ class AuditConfig:
     :func:`default_batch_size`. ``inversion`` holds inversion settings the user named
     (:data:`INVERSION_FLAGS`, and ``devices``); the result-changing ones must equal the
     profile's. ``class_label`` / ``classes_from`` (a ``path,class`` file) give the images'
-    class for a class-conditional model whose profile needs it. Recorded with the run; only
+    class for a class-conditional model whose profile needs it. ``preset`` picks the shipped
+    profile of a builtin model for that inversion preset (None: ``paper``). Recorded with the run; only
     ``resize`` and ``max_pixels`` enter its results key (they change what is compared).
     """
 
@@ -53,6 +54,7 @@ class AuditConfig:
     inversion: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     class_label: int | None = None
     classes_from: str | None = None
+    preset: str | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size is not None and self.batch_size < 1:

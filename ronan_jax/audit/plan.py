@@ -110,18 +110,23 @@ def check_matches_profile(
         )
 
 
-def profile_path_for(model_spec: str, given: str | None) -> Path:
-    """``given``, or the profile shipped with a builtin model."""
+def profile_path_for(model_spec: str, given: str | None, preset: str | None = None) -> Path:
+    """``given``, or the profile shipped with a builtin model for ``preset`` (default
+    ``paper``)."""
     if given:
+        if preset is not None:
+            raise AuditPlanError("--preset picks a shipped profile; with --profile the "
+                                 "profile's own settings apply", "preset")
         return Path(given)
-    found = resolver.shipped_profile(model_spec)
+    found = resolver.shipped_profile(model_spec, preset or "paper")
     if found is not None:
         return found
     if resolver.is_builtin(model_spec):
         name = resolver.builtin_name(model_spec)
+        flag = "" if preset in (None, "paper") else f" --preset {preset}"
         raise AuditPlanError(
-            f"no profile is shipped for {model_spec}; build one with "
-            f"`ronan profile --model {model_spec} -o {name}.json` and pass --profile {name}.json"
+            f"no {preset or 'paper'}-preset profile is shipped for {model_spec}; build one with "
+            f"`ronan profile --model {model_spec}{flag} -o {name}.json` and pass --profile {name}.json"
         )
     raise AuditPlanError(
         "a checkpoint model needs --profile: build one with "
@@ -238,7 +243,7 @@ def plan_audit(
     """Resolve ``audit`` into a plan: load the profile and models, take the settings from
     the profile, and gather what the run records (specs, profile, inputs, ``info``)."""
     model = load_model_spec(audit.model)
-    profile_path = profile_path_for(audit.model, audit.profile)
+    profile_path = profile_path_for(audit.model, audit.profile, audit.preset)
     profile = load_profile(profile_path)
     ref_spec = reference_spec_for(audit.model, audit.reference, profile)
     reference = load_reference_spec(ref_spec, defaulted=audit.reference is None)

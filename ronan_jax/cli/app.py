@@ -60,7 +60,13 @@ SECOND_CHANCE_HELP = (
     f"Without a value K = {SECOND_CHANCE_K:g}; 0: off."
 )
 PLAN_FIELD_FLAGS = {"model": "--model", "reference": "--reference", "profile": "--profile",
-                    "classes": "--class / --classes-from"}
+                    "classes": "--class / --classes-from", "preset": "--preset"}
+PRESET_NAMES = ("paper", "fast")  # = ronan_jax.attribution.presets.PRESETS (checked in tests)
+PRESET_HELP = (
+    "Inversion budget: paper (the paper's 1500 steps x 8 restarts, cold) or fast (300 steps x "
+    "2 restarts plus a warm start at the model's encoder, failed profile inversions trimmed; "
+    "chosen by measurement, benchmarks/RESULTS.md, 'Warm starts')."
+)
 """The flag that sets each :class:`ronan_jax.audit.AuditConfig` field a plan error names."""
 
 

@@ -16,6 +16,8 @@ from ronan_jax.cli.app import (
     DEFAULT_MODEL_SPEC,
     EXIT_INTERRUPTED,
     MODEL_HELP,
+    PRESET_HELP,
+    PRESET_NAMES,
     REFERENCE_HELP,
     SECOND_CHANCE_HELP,
     SECOND_CHANCE_K,
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
 @click.option("--keep-evidence", is_flag=True, help="Keep each image's reverse-engineered input and reconstructions (.npz) for the report.")
 @click.option("--evidence-dir", default=None, type=click.Path(file_okay=False), help="Where --keep-evidence writes (default: DB name + '-evidence').")
 @click.option("--workers", default=None, type=click.IntRange(min=1), help="Image decoding threads.")
+@click.option("--preset", default=None, type=click.Choice(PRESET_NAMES), help="Builtin models: judge with the profile shipped for this inversion preset (default paper). " + PRESET_HELP)
 @click.option("--steps", default=None, type=click.IntRange(min=1), help="Adam steps (default and required: the profile's).")
 @click.option("--restarts", default=None, type=click.IntRange(min=1), help="Restarts per image (default and required: the profile's).")
 @click.option("--lr", default=None, type=click.FloatRange(min=0, min_open=True), help="Learning rate (default and required: the profile's).")
@@ -76,6 +79,7 @@ def audit(
     keep_evidence: bool,
     evidence_dir: str | None,
     workers: int | None,
+    preset: str | None,
     steps: int | None,
     restarts: int | None,
     lr: float | None,
@@ -146,6 +150,7 @@ def audit(
                        "warm_start": warm_start, "devices": devices},
             class_label=class_label,
             classes_from=classes_from,
+            preset=preset,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc

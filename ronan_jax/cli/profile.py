@@ -14,6 +14,8 @@ from ronan_jax.cli.app import (
     CLASS_RULES,
     DEFAULT_MODEL_SPEC,
     MODEL_HELP,
+    PRESET_HELP,
+    PRESET_NAMES,
     REFERENCE_HELP,
     SECOND_CHANCE_HELP,
     SECOND_CHANCE_K,
@@ -38,8 +40,9 @@ METRIC_NAMES = ("mse", "mae", "ssim")  # = ronan_jax.engine.metrics.METRICS name
 @click.option("--model", default=DEFAULT_MODEL_SPEC, show_default=True, help=MODEL_HELP)
 @click.option("--reference", default=None, help=REFERENCE_HELP)
 @click.option("--samples", default=100, show_default=True, type=click.IntRange(min=3), help="N: how many of the model's own images the profile measures.")
-@click.option("--steps", default=1500, show_default=True, type=click.IntRange(min=1), help="Adam steps per inversion.")
-@click.option("--restarts", default=8, show_default=True, type=click.IntRange(min=1), help="Random restarts per image (the best one counts).")
+@click.option("--preset", default="paper", show_default=True, type=click.Choice(PRESET_NAMES), help=PRESET_HELP + " --steps, --restarts and --warm-start/--cold-start override it.")
+@click.option("--steps", default=None, type=click.IntRange(min=1), help="Adam steps per inversion (default: the preset's; paper 1500).")
+@click.option("--restarts", default=None, type=click.IntRange(min=1), help="Random restarts per image, the best one counts (default: the preset's; paper 8).")
 @click.option("--lr", default=0.1, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Adam learning rate.")
 @click.option("--metric", default="mse", show_default=True, type=click.Choice(METRIC_NAMES), help="Reconstruction loss.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the generated images and of the inversions.")
@@ -50,19 +53,20 @@ METRIC_NAMES = ("mse", "mae", "ssim")  # = ronan_jax.engine.metrics.METRICS name
 @click.option("--alpha", default=0.05, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Significance level of Grubbs' test.")
 @click.option("--batch-size", default=None, type=click.IntRange(min=1), help="Images inverted together per device call (default: the engine's per-device choice).")
 @click.option("-o", "--out", default=None, type=click.Path(dir_okay=False), help="Where to write the profile JSON (default: profile-NAME.json).")
-@click.option("--trim-outliers", is_flag=True, help="Leave out of mu and sigma the profile losses that repeated Grubbs tests reject as too high (failed inversions). Off by default, as in the paper.")
+@click.option("--trim-outliers/--no-trim-outliers", "trim_outliers", default=None, help="Leave out of mu and sigma the profile losses that repeated Grubbs tests reject as too high (failed inversions). Default: the preset's (paper: off, as in the paper; fast: on).")
 @click.option("--second-chance", default=0.0, show_default=True, is_flag=False, flag_value=SECOND_CHANCE_K, type=click.FloatRange(min=0), metavar="[K]", help=SECOND_CHANCE_HELP + " Recorded in the profile; audits apply its level.")
 @click.option("--second-restarts", default=32, show_default=True, type=click.IntRange(min=1), help="Second chance: restarts of the second pass (new starting inputs), halved at 10, 25 and 50 % of its steps.")
 @click.option("--second-steps", default=0, show_default=True, type=click.IntRange(min=0), help="Second chance: Adam steps of the second pass (0: --steps).")
-@click.option("--warm-start", is_flag=True, help=WARM_START_HELP + " Recorded in the profile; audits use it.")
+@click.option("--warm-start/--cold-start", "warm_start", default=None, help=WARM_START_HELP + " Default: the preset's. Recorded in the profile; audits use it.")
 @click.option("--quiet", is_flag=True, help="No progress bar (for logs).")
 @handle_errors
 def profile(
     model: str,
     reference: str | None,
     samples: int,
-    steps: int,
-    restarts: int,
+    preset: str,
+    steps: int | None,
+    restarts: int | None,
     lr: float,
     metric: str,
     seed: int,
@@ -73,11 +77,11 @@ def profile(
     alpha: float,
     batch_size: int | None,
     out: str | None,
-    trim_outliers: bool,
+    trim_outliers: bool | None,
     second_chance: float,
     second_restarts: int,
     second_steps: int,
-    warm_start: bool,
+    warm_start: bool | None,
     quiet: bool,
 ) -> None:
     """Build a model's belonging profile (run once per model; slow).
@@ -90,21 +94,31 @@ def profile(
     (and a rerun with --second-chance inverts only the second pass).
     """
     from ronan_jax.attribution.build import build_profile
+    from ronan_jax.attribution.presets import get_preset
     from ronan_jax.attribution.warm_start import check_warm_start
     from ronan_jax.audit.plan import load_model_spec, load_reference_spec
-    from ronan_jax.engine.config import InversionConfig
     from ronan_jax.models.resolver import default_reference_spec, normalize_spec
 
     err = stderr()
     ref_spec = reference if reference is not None else default_reference_spec(model)
     gen = load_model_spec(model)
     ref = load_reference_spec(ref_spec, defaulted=reference is None)
-    extra = {} if batch_size is None else {"max_batch": batch_size * restarts}
-    config = InversionConfig(steps=steps, restarts=restarts, lr=lr, metric=metric, seed=seed,
-                             class_rule=class_rule, class_screen_steps=class_screen,
-                             class_screen_keep=class_keep, second_chance=second_chance,
-                             second_restarts=second_restarts, second_steps=second_steps,
-                             warm_start=warm_start, **extra)
+    chosen = {k: v for k, v in (("steps", steps), ("restarts", restarts),
+                                  ("warm_start", warm_start)) if v is not None}
+    chosen_preset = get_preset(preset)
+    if trim_outliers is None:
+        trim_outliers = chosen_preset.trim_outliers
+    config = chosen_preset.config(lr=lr, metric=metric, seed=seed,
+                                  class_rule=class_rule, class_screen_steps=class_screen,
+                                  class_screen_keep=class_keep, second_chance=second_chance,
+                                  second_restarts=second_restarts, second_steps=second_steps,
+                                  **chosen)
+    if batch_size is not None:
+        config = config.replace(max_batch=batch_size * config.runs_per_image(True))
+    if config.warm_start and gen.encoder is None and warm_start is None:
+        raise click.UsageError(
+            f"the {preset} preset starts from the model's encoder, and {gen.name!r} has none; "
+            "train one with `ronan encoder train --model DIR`, or use --preset paper")
     check_warm_start(gen, ref, config)
     out_path = Path(out or f"profile-{gen.name}.json")
     # Every measured loss is kept beside the profile: a stopped build resumes, and a rerun

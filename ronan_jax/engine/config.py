@@ -203,22 +203,6 @@ class InversionConfig:
         return dataclasses.replace(self, **changes)
 
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # The paper's procedure (SPEC defaults): 1500 Adam steps from 8 random restarts.
-    "paper": {"steps": 1500, "restarts": 8, "warm_start": False},
-    # FAST_PRESET
-}
-"""Named inversion budgets (``ronan profile --preset``); ``fast`` was chosen by measurement
-(``benchmarks/RESULTS.md``, "Warm starts")."""
-
-
-def preset_config(name: str, **changes: Any) -> InversionConfig:
-    """The settings of preset ``name`` (``ValueError`` naming the presets if unknown)."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
-    return InversionConfig(**{**PRESETS[name], **changes})
-
-
 def second_pass_seed(seed: int) -> int:
     """The run seed of a second-chance pass of a run seeded ``seed``: derived from it (so a
     rerun repeats it) and never ``seed`` itself (so every image gets new starting inputs)."""

@@ -163,7 +163,7 @@ def train_encoder(
     scratch). Resumes from ``<model_dir>/encoder-training/`` when that holds a run with the
     same settings. ``real_images`` (``[N, H, W, C]`` in [0, 1], the model's output size) add
     the reconstruction-only term; ``real_name`` names them in the card. ``progress`` is called
-    as ``(step, steps, losses)`` every 50 steps and at the end.
+    as ``(step, steps, losses)`` every 50 steps (every ``save_every`` if fewer) and at the end.
     """
     settings = settings or EncoderTraining()
     model_dir = Path(model_dir).absolute()
@@ -214,7 +214,7 @@ def train_encoder(
         done = i + 1
         if done % settings.save_every == 0 and done < settings.steps:
             _save_state(state_dir, (enc_params, opt_state), done, meta)
-        if progress is not None and (done % 50 == 0 or done == settings.steps):
+        if progress is not None and (done % min(50, settings.save_every) == 0 or done == settings.steps):
             progress(done, settings.steps, {k: float(v) for k, v in metrics.items()})
     final = {k: float(v) for k, v in metrics.items()}
     training = {**settings.result_dict(), "real": meta["real"], "final": final,

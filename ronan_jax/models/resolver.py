@@ -123,13 +123,19 @@ def default_reference_spec(model_spec: str) -> str:
     return BUILTIN_PREFIX + ref  # a bare zoo name
 
 
-def shipped_profile(model_spec: str) -> Path | None:
-    """The profile shipped with a builtin model (``ronan_jax/zoo/profiles/NAME.json``), or
-    None for checkpoints and for builtin models without one."""
+def shipped_profile(model_spec: str, preset: str = "paper") -> Path | None:
+    """The profile shipped with a builtin model for an inversion preset
+    (``ronan_jax/zoo/profiles/NAME.json`` for ``paper``, ``NAME-PRESET.json`` for the
+    others), or None for checkpoints and for builtin models without one."""
     if not is_builtin(model_spec):
         return None
-    path = _PROFILES_DIR / f"{builtin_name(model_spec)}.json"
+    path = shipped_profile_location(preset_profile_name(builtin_name(model_spec), preset))
     return path if path.is_file() else None
+
+
+def preset_profile_name(name: str, preset: str = "paper") -> str:
+    """The shipped-profile name of zoo model ``name`` under ``preset``."""
+    return name if preset == "paper" else f"{name}-{preset}"
 
 
 def shipped_profile_location(name: str) -> Path:
