@@ -61,6 +61,15 @@ def param_hash(params: Params) -> str:
     return digest.hexdigest()
 
 
+def cached_param_hash(holder: Any) -> str:
+    """:func:`param_hash` of a frozen holder's ``params``, computed once per object."""
+    cached = holder.__dict__.get("_param_hash")
+    if cached is None:
+        cached = param_hash(holder.params)
+        object.__setattr__(holder, "_param_hash", cached)
+    return cached
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Encoder:
     """An amortised inverse of a generator, ``E: image -> input``, for warm starts.
@@ -78,11 +87,7 @@ class Encoder:
 
     @property
     def param_hash(self) -> str:
-        cached = self.__dict__.get("_param_hash")
-        if cached is None:
-            cached = param_hash(self.params)
-            object.__setattr__(self, "_param_hash", cached)
-        return cached
+        return cached_param_hash(self)
 
     def __call__(self, images: jax.Array, condition: Any = None) -> jax.Array:
         return self.apply_fn(self.params, images, condition).astype(jnp.float32)
@@ -152,11 +157,7 @@ class Generator:
 
     @property
     def param_hash(self) -> str:
-        cached = self.__dict__.get("_param_hash")
-        if cached is None:
-            cached = param_hash(self.params)
-            object.__setattr__(self, "_param_hash", cached)
-        return cached
+        return cached_param_hash(self)
 
     def sample_inputs(self, key: jax.Array, n: int) -> jax.Array:
         """``n`` inputs drawn from the generator's prior."""

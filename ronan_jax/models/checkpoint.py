@@ -85,20 +85,29 @@ def load_variables(path: str | Path) -> tuple[dict[str, Any], Any]:
     path = Path(path).absolute()
     card = read_card(path)
     abstract = template_shapes(card["architecture"], card["config"])
+    variables = _restore_verified(path, PARAMS_DIR, abstract, card.get("param_hash"),
+                                  "parameters", "parameter hash", "the weights were")
+    return card, variables
+
+
+def _restore_verified(path: Path, folder: str, abstract: Any, want_hash: Any, what: str,
+                      hash_name: str, changed: str) -> Any:
+    """Restore ``path/folder`` against ``abstract``, checked leaf by leaf and against the
+    card's hash (``CheckpointError`` naming ``what`` otherwise)."""
     try:
         with ocp.StandardCheckpointer() as ckptr:
-            variables = ckptr.restore(path / PARAMS_DIR, abstract)
+            variables = ckptr.restore(path / folder, abstract)
     except Exception as exc:  # orbax raises many types for damaged trees
-        raise CheckpointError(f"{path}: cannot restore parameters ({exc})") from exc
+        raise CheckpointError(f"{path}: cannot restore {what} ({exc})") from exc
     variables = _to_numpy(variables)
-    check_tree(abstract, variables, source=str(path))
+    check_tree(abstract, variables, source=str(path) if folder == PARAMS_DIR else f"{path} ({folder})")
     digest = param_hash(variables)
-    if digest != card.get("param_hash"):
+    if digest != want_hash:
         raise CheckpointError(
-            f"{path}: parameter hash {digest[:12]} does not match the model card "
-            f"({str(card.get('param_hash'))[:12]}); the weights were changed or damaged"
+            f"{path}: {hash_name} {digest[:12]} does not match the model card "
+            f"({str(want_hash)[:12]}); {changed} changed or damaged"
         )
-    return card, variables
+    return variables
 
 
 def load_generator(path: str | Path, name: str | None = None) -> Generator:
@@ -126,19 +135,8 @@ def load_encoder(path: str | Path, card: dict[str, Any] | None = None) -> Encode
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: invalid encoder config in the model card ({exc})") from exc
     abstract = jax.eval_shape(lambda: encoder_model.init_variables(config, jax.random.key(0)))
-    try:
-        with ocp.StandardCheckpointer() as ckptr:
-            variables = ckptr.restore(path / ENCODER_DIR, abstract)
-    except Exception as exc:  # orbax raises many types for damaged trees
-        raise CheckpointError(f"{path}: cannot restore the encoder ({exc})") from exc
-    variables = _to_numpy(variables)
-    check_tree(abstract, variables, source=f"{path} (encoder)")
-    digest = param_hash(variables)
-    if digest != entry.get("param_hash"):
-        raise CheckpointError(
-            f"{path}: encoder hash {digest[:12]} does not match the model card "
-            f"({str(entry.get('param_hash'))[:12]}); the encoder was changed or damaged"
-        )
+    variables = _restore_verified(path, ENCODER_DIR, abstract, entry.get("param_hash"),
+                                  "the encoder", "encoder hash", "the encoder was")
     return encoder_model.make_encoder(config, variables, training=entry.get("training", {}))
 
 
