@@ -334,6 +334,7 @@ def test_class_conditional_unet_without_a_label_takes_each_images_class(saved):
         convert_unet(folder, class_label=10)
 
 
+@pytest.mark.slow  # ~30 s on 2 cores, nearly all compiling a 150-step UNet scan
 def test_inversion_smoke(saved):
     """Adam (lr 0.1, 150 steps) on x_T of a K=2 DDIM generator: an image it generated is
     matched >= 100x better than a random smooth image, and the optimisation does the work.

@@ -124,8 +124,9 @@ def profile_path_for(model_spec: str, given: str | None, preset: str | None = No
     if resolver.is_builtin(model_spec):
         name = resolver.builtin_name(model_spec)
         flag = "" if preset in (None, "paper") else f" --preset {preset}"
+        which = "" if not flag else f"{preset}-preset "
         raise AuditPlanError(
-            f"no {preset or 'paper'}-preset profile is shipped for {model_spec}; build one with "
+            f"no {which}profile is shipped for {model_spec}; build one with "
             f"`ronan profile --model {model_spec}{flag} -o {name}.json` and pass --profile {name}.json"
         )
     raise AuditPlanError(
