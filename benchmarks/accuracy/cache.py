@@ -176,10 +176,16 @@ def seconds(gen: Generator, images_u8: np.ndarray, config: InversionConfig,
             classes: np.ndarray | None = None, root: Path | None = None) -> np.ndarray:
     """Wall seconds each image's inversion took as recorded (its chunk's time per image,
     first-call compile included; NaN where a record has none)."""
+    recs = _records(gen, images_u8, config, classes, root)
+    return np.array([np.nan if r is None else r.get("seconds", np.nan) for r in recs], np.float64)
+
+
+def _records(gen: Generator, images_u8: np.ndarray, config: InversionConfig,
+             classes: np.ndarray | None, root: Path | None) -> list[dict | None]:
+    """The cache record of each image (None where it has none)."""
     images_u8 = np.asarray(images_u8, np.uint8)
     gen, _, _, done = _open(gen, images_u8, config, root)
-    shas = record_keys(images_u8, gen, config, classes)
-    return np.array([done.get(s, {}).get("seconds", np.nan) for s in shas], np.float64)
+    return [done.get(s) for s in record_keys(images_u8, gen, config, classes)]
 
 
 def class_records(gen: Generator, images_u8: np.ndarray, config: InversionConfig,
@@ -187,9 +193,9 @@ def class_records(gen: Generator, images_u8: np.ndarray, config: InversionConfig
                   ) -> tuple[np.ndarray, np.ndarray | None]:
     """The class each cached image was judged with (``[N]``, -1 where none) and, under
     class rule "min", every class's loss (``[N, C]``; None otherwise)."""
-    images_u8 = np.asarray(images_u8, np.uint8)
-    gen, _, _, done = _open(gen, images_u8, config, root)
-    recs = [done[s] for s in record_keys(images_u8, gen, config, classes)]
+    recs = _records(gen, images_u8, config, classes, root)
+    if any(r is None for r in recs):
+        raise KeyError(f"{gen.name}: images without a cached record")
     winner = np.array([r.get("class", -1) for r in recs], np.int64)
     if not all("class_losses" in r for r in recs):
         return winner, None

@@ -209,14 +209,15 @@ def check_compatible(
 def _encoder_problems(profile: Profile, model: Generator, reference: Generator | None) -> list[str]:
     """Warm starts depend on the encoders: a profile built warm applies only with the same
     ones (or the same absence of one)."""
+    def show(h: str | None) -> str:
+        return "none" if h is None else h[:12]
+
     out = []
     for role, recorded, gen in (("model", profile.model, model), ("reference", profile.reference, reference)):
         if gen is None or recorded is None:
             continue
         have, had = gen.identity.get("encoder_hash"), recorded.get("encoder_hash")
         if have != had:
-            def show(h: str | None) -> str:
-                return "none" if h is None else h[:12]
             out.append(f"{role} encoder differs (profile {show(had)}, audit {show(have)}; "
                        "warm starts begin at the encoder's output)")
     return out

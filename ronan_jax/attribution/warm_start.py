@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from ronan_jax.engine.config import InversionConfig
 from ronan_jax.engine.generator import Generator
+from ronan_jax.engine.program import warm_applies
 
 
 class WarmStartError(ValueError):
@@ -19,10 +20,8 @@ class WarmStartError(ValueError):
 
 def warm_roles(model: Generator, reference: Generator | None, config: InversionConfig) -> list[str]:
     """The inversions (``"model"``, ``"reference"``) that start warm under ``config``."""
-    if not config.warm_start:
-        return []
     roles = [("model", model), ("reference", reference)]
-    return [role for role, gen in roles if gen is not None and gen.encoder is not None]
+    return [role for role, gen in roles if gen is not None and warm_applies(gen, config)]
 
 
 def check_warm_start(model: Generator, reference: Generator | None, config: InversionConfig) -> None:
@@ -38,9 +37,9 @@ def check_warm_start(model: Generator, reference: Generator | None, config: Inve
 def describe_warm_start(model: Generator, reference: Generator | None, config: InversionConfig) -> str:
     """A phrase for messages, e.g. ``"warm start (model and reference encoders)"``; empty
     when cold."""
-    roles = warm_roles(model, reference, config)
     if not config.warm_start:
         return ""
+    roles = warm_roles(model, reference, config)
     cold = [r for r in ("model", "reference") if r not in roles and (r == "model" or reference is not None)]
     text = f"warm start ({' and '.join(roles)} encoder{'s' if len(roles) > 1 else ''}"
     return text + (f"; {' and '.join(cold)} cold, no encoder)" if cold else ")")

@@ -114,7 +114,7 @@ def profile(
                                   second_restarts=second_restarts, second_steps=second_steps,
                                   **chosen)
     if batch_size is not None:
-        config = config.replace(max_batch=batch_size * config.runs_per_image(True))
+        config = config.replace(max_batch=batch_size * config.runs_per_image(gen.encoder is not None))
     if config.warm_start and gen.encoder is None and warm_start is None:
         raise click.UsageError(
             f"the {preset} preset starts from the model's encoder, and {gen.name!r} has none; "

@@ -86,7 +86,7 @@ def _sample_conditions(gen: Generator, key: jax.Array, n: int) -> Any:
 
 
 def _step_fn(gen: Generator, apply_enc: Callable, optimizer: optax.GradientTransformation,
-             settings: EncoderTraining, has_real: bool) -> Callable:
+             settings: EncoderTraining) -> Callable:
     def loss_fn(enc_params: Any, key: jax.Array, real: jax.Array | None) -> tuple[jax.Array, dict[str, jax.Array]]:
         kz, kc = jax.random.split(key)
         z = gen.sample_inputs(kz, settings.batch).astype(jnp.float32)
@@ -113,7 +113,6 @@ def _step_fn(gen: Generator, apply_enc: Callable, optimizer: optax.GradientTrans
             updates, opt_state = optimizer.update(grads, opt_state, enc_params)
         return optax.apply_updates(enc_params, updates), opt_state, metrics
 
-    del has_real
     return jax.jit(step)
 
 
@@ -198,11 +197,11 @@ def train_encoder(
     start = 0
     if loaded is not None:
         (enc_params, opt_state), start = loaded
-    step = _step_fn(gen, encoder_model.EncoderApply(config), optimizer, settings, real_images is not None)
+    step = _step_fn(gen, encoder_model.EncoderApply(config), optimizer, settings)
     real_dev = None if real_images is None else jnp.asarray(real_images)
     rng = np.random.default_rng(settings.seed)  # real-batch picks, replayed to the resume step
-    for _ in range(start):
-        if real_dev is not None:
+    if real_dev is not None:
+        for _ in range(start):
             rng.integers(0, real_images.shape[0], settings.real_batch)
     t0 = time.perf_counter()
     metrics: dict[str, Any] = {}

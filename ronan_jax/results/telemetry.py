@@ -28,8 +28,6 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import numpy as np
-
 MEMORY_DEVICE = "device"
 MEMORY_RSS = "process-rss"
 MEMORY_PEAK_RSS = "process-peak-rss"
@@ -102,9 +100,9 @@ def step_counts(results: Iterable[Any], restarts: int, steps: int) -> tuple[int,
             continue
         done = getattr(res, "steps_run", None)
         images = len(res.loss)
-        runs = restarts if done is None or np.ndim(done) != 2 else int(np.shape(done)[1])
+        runs = restarts if done is None or done.ndim != 2 else int(done.shape[1])
         budget += images * runs * steps
-        run += images * runs * steps if done is None else int(np.sum(done))
+        run += images * runs * steps if done is None else int(done.sum())
     return run, budget
 
 
