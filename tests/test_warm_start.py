@@ -286,3 +286,15 @@ def test_the_fast_preset_needs_the_models_encoder_and_audit_preset_needs_a_shipp
     both = invoke(["audit", tmp_path, "--model", model, "--profile", tmp_path / "x.json",
                    "--preset", "fast", "--db", tmp_path / "r.sqlite", "--quiet"])
     assert both.exit_code == 2 and "--preset picks a shipped profile" in both.output
+
+
+def test_an_encoder_tree_that_is_not_the_cards_is_a_one_line_error(tmp_path, random_encoder):
+    path = save_tiny_dcgan(tmp_path / "m", seed=4, name="m")
+    cfg = encoder_model.EncoderConfig.from_dict(random_encoder.info["config"])
+    save_encoder(path, cfg, random_encoder.params)
+    card = json.loads((path / "model_card.json").read_text())
+    card["encoder"]["config"]["widths"] = [8]  # the stored tree has three blocks
+    (path / "model_card.json").write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match="cannot restore the encoder") as err:
+        load_generator(path)
+    assert "\n" not in str(err.value)

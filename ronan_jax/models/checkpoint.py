@@ -98,7 +98,9 @@ def _restore_verified(path: Path, folder: str, abstract: Any, want_hash: Any, wh
         with ocp.StandardCheckpointer() as ckptr:
             variables = ckptr.restore(path / folder, abstract)
     except Exception as exc:  # orbax raises many types for damaged trees
-        raise CheckpointError(f"{path}: cannot restore {what} ({exc})") from exc
+        # orbax's messages list whole trees over many lines; the first names the problem
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(":")
+        raise CheckpointError(f"{path}: cannot restore {what} ({first})") from exc
     variables = _to_numpy(variables)
     check_tree(abstract, variables, source=str(path) if folder == PARAMS_DIR else f"{path} ({folder})")
     digest = param_hash(variables)
