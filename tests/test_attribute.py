@@ -173,6 +173,31 @@ def test_interrupted_profile_build_resumes_from_its_progress_file(models, tmp_pa
     assert len(progress.read_text().splitlines()) == 4  # only the missing chunk was redone
 
 
+def test_losses_measured_elsewhere_seed_a_build_that_inverts_nothing(models, tmp_path, monkeypatch):
+    from ronan_jax.attribution import build as build_module
+    from ronan_jax.attribution.build import record_measured_losses
+
+    model, reference = models
+    cfg = CFG.replace(steps=20, max_batch=8)
+    full = build_profile(model, reference, n=6, seed=5, config=cfg)
+    seeded = tmp_path / "seeded.jsonl"
+    record_measured_losses(seeded, model, reference, 6, 5, cfg, np.array(full.losses),
+                           np.array(full.ref_losses))
+
+    def no_inversion(*args, **kwargs):
+        raise AssertionError("a seeded build must not invert")
+
+    monkeypatch.setattr(build_module, "calibrated_losses", no_inversion)
+    again = build_profile(model, reference, n=6, seed=5, config=cfg, resume_path=seeded)
+    assert again.calibrated_losses == pytest.approx(full.calibrated_losses, rel=1e-12)
+    assert (again.mu, again.sigma) == pytest.approx((full.mu, full.sigma), rel=1e-12)
+    # losses of other settings are not taken: that build inverts
+    with pytest.raises(AssertionError, match="must not invert"):
+        build_profile(model, reference, n=6, seed=5, config=cfg.replace(steps=21), resume_path=seeded)
+    with pytest.raises(ValueError, match="expected 6 losses"):
+        record_measured_losses(seeded, model, reference, 6, 5, cfg, np.ones(5), np.ones(5))
+
+
 def test_failed_inversions_are_isolated_high_losses_not_a_heavy_tail(profile):
     from ronan_jax.attribution.profile import (
         belonging_stats,

@@ -203,16 +203,24 @@ def class_records(gen: Generator, images_u8: np.ndarray, config: InversionConfig
 
 
 def seed(gen: Generator, images_u8: np.ndarray, config: InversionConfig, loss: np.ndarray,
-         steps: int, root: Path | None = None) -> int:
-    """Enter losses measured elsewhere (a shipped profile's) for images not yet cached.
+         steps: int | np.ndarray, root: Path | None = None, source: str | None = None) -> int:
+    """Enter losses measured elsewhere (a shipped profile's, or composed from other cached
+    runs) for images not yet cached.
 
-    ``steps``: optimisation steps the source ran per image, all restarts together.
+    ``steps``: optimisation steps the source ran per image, all restarts together (one
+    number, or one per image). ``source``: how the losses were obtained, kept in each record.
     """
     images_u8 = np.asarray(images_u8, np.uint8)
     _, ident, path, done = _open(gen, images_u8, config, root)
-    recs = [{"sha": s, "loss": float(v), "steps": int(steps)}
-            for s, v in zip((image_sha(im) for im in images_u8), loss, strict=True)
-            if s not in done]
+    steps = np.broadcast_to(np.asarray(steps, np.int64), (len(images_u8),))
+    recs = []
+    for s, v, k in zip((image_sha(im) for im in images_u8), loss, steps, strict=True):
+        if s in done:
+            continue
+        rec = {"sha": s, "loss": float(v), "steps": int(k)}
+        if source is not None:
+            rec["source"] = source
+        recs.append(rec)
     if recs:
         append(path, ident, recs)
     return len(recs)

@@ -79,16 +79,7 @@ def build_profile(
     drawn = profile_classes(model, n, seed, classes)
     images = quantize_8bit(profile_images(model, n, seed, drawn))
     chunk = images_per_call(config)
-    ident = {
-        "model": model.identity,
-        "reference": None if reference is None else reference.identity,
-        # the first pass's settings: a build with the second chance reuses its records
-        "config": config.replace(second_chance=0.0).result_settings(),
-        "seed": seed,
-        "n": n,
-    }
-    if classes is not None and drawn is not None:
-        ident["classes"] = sorted({int(k) for k in classes})
+    ident = _resume_identity(model, reference, config, seed, n, classes if drawn is not None else None)
     done = _read_resume(resume_path, ident)
     if resume_path is not None:  # an unwritable place fails now, not after the inversions
         Path(resume_path).parent.mkdir(parents=True, exist_ok=True)
@@ -166,6 +157,38 @@ def _second_pass(
         if progress is not None:
             progress(n + lo + len(idx), total)
     return {i: done[i] for i in flagged}
+
+
+def _resume_identity(model: Generator, reference: Generator | None, config: InversionConfig,
+                     seed: int, n: int, classes: list[int] | np.ndarray | None) -> dict[str, Any]:
+    """What a resume file's records must match: models, first-pass settings, seed, n."""
+    ident = {
+        "model": model.identity,
+        "reference": None if reference is None else reference.identity,
+        # the first pass's settings: a build with the second chance reuses its records
+        "config": config.replace(second_chance=0.0).result_settings(),
+        "seed": seed,
+        "n": n,
+    }
+    if classes is not None:
+        ident["classes"] = sorted({int(k) for k in classes})
+    return ident
+
+
+def record_measured_losses(
+    resume_path: str | Path, model: Generator, reference: Generator | None, n: int, seed: int,
+    config: InversionConfig, loss: np.ndarray, ref_loss: np.ndarray | None,
+) -> None:
+    """Enter first-pass losses of a profile's images that were measured elsewhere on the same
+    images (e.g. by the accuracy benchmark's cache) into the resume file of
+    :func:`build_profile` with these arguments (classes drawn from all of a conditional
+    model's), so the build inverts only what is missing. The caller vouches that the losses
+    are of :func:`profile_images` of ``seed`` with :func:`profile_classes`."""
+    if len(loss) != n or (ref_loss is not None and len(ref_loss) != n):
+        raise ValueError(f"expected {n} losses per model")
+    ident = _resume_identity(model, reference, config, seed, n, None)
+    _append_resume(resume_path, ident, {
+        i: (float(loss[i]), None if ref_loss is None else float(ref_loss[i])) for i in range(n)})
 
 
 def profile_classes(

@@ -32,10 +32,12 @@ class Preset:
     restarts: int
     warm_start: bool
     trim_outliers: bool
+    second_chance: float = 0.0
 
     def config(self, **changes: Any) -> InversionConfig:
         """The preset's inversion settings, with ``changes`` applied."""
-        base = {"steps": self.steps, "restarts": self.restarts, "warm_start": self.warm_start}
+        base = {"steps": self.steps, "restarts": self.restarts, "warm_start": self.warm_start,
+                "second_chance": self.second_chance}
         return InversionConfig(**{**base, **changes})
 
 
