@@ -63,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=100)
     ap.add_argument("--from-cache", action="store_true",
                     help="take the losses the accuracy benchmark's cache holds for the same "
-                         "images and settings (benchmarks/accuracy/cache), invert the rest")
+                         "images and settings (benchmarks/accuracy/cache), invert the rest; run "
+                         "it unpinned: XLA's rounding of the generated images depends on the "
+                         "thread count, and the cache's sets were generated on 2 threads")
     ap.add_argument("--out-dir", default=str(Path(zoo.__file__).parent / "profiles"))
     args = ap.parse_args(argv)
     preset = get_preset(args.preset)

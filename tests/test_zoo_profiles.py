@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ronan_jax import zoo
-from ronan_jax.attribution.presets import get_preset
+from ronan_jax.attribution.presets import PRESETS, get_preset
 from ronan_jax.attribution.profile import Profile
 
 PROFILES = sorted((Path(zoo.__file__).parent / "profiles").glob("*.json"))
@@ -32,9 +32,10 @@ def test_shipped_profile_loads_and_matches_its_models_parameter_hash(path):
     np.testing.assert_allclose(cal, np.asarray(prof.losses) / np.asarray(prof.ref_losses), rtol=1e-6)
     kept = np.delete(cal, prof.trimmed)
     assert prof.mu == pytest.approx(kept.mean()) and prof.sigma == pytest.approx(kept.std(ddof=1))
-    if path.stem.endswith("-fast"):  # the fast preset: warm starts from the shipped encoders
-        fast = get_preset("fast")
-        assert prof.config == fast.config().result_settings()
+    preset = next((p for p in PRESETS if p != "paper" and path.stem.endswith(f"-{p}")), None)
+    if preset is not None:  # a warm preset: warm starts from the shipped encoders
+        assert prof.config == get_preset(preset).config().result_settings()
+        assert bool(prof.trimmed) <= get_preset(preset).trim_outliers
         assert prof.model["encoder_hash"] == model.encoder.param_hash
         assert prof.reference["encoder_hash"] == zoo.load(ref_name).encoder.param_hash
         return

@@ -46,6 +46,8 @@ PRESETS: dict[str, Preset] = {
     for p in (
         # the paper's procedure: 1500 Adam steps from 8 random restarts, cold, untrimmed
         Preset("paper", 1500, 8, warm_start=False, trim_outliers=False),
+        # the paper's 1500 steps from the encoding of the image and one random restart
+        Preset("balanced", 1500, 1, warm_start=True, trim_outliers=False),
         # 300 steps from 2 random restarts plus the warm start; failed profile inversions
         # left out of the statistics
         Preset("fast", 300, 2, warm_start=True, trim_outliers=True),

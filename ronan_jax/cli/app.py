@@ -62,12 +62,13 @@ SECOND_CHANCE_HELP = (
 PLAN_FIELD_FLAGS = {"model": "--model", "reference": "--reference", "profile": "--profile",
                     "classes": "--class / --classes-from", "preset": "--preset"}
 """The flag that sets each :class:`ronan_jax.audit.AuditConfig` field a plan error names."""
-PRESET_NAMES = ("paper", "fast")  # = ronan_jax.attribution.presets.PRESETS (checked in tests)
+PRESET_NAMES = ("paper", "balanced", "fast")  # = ronan_jax.attribution.presets.PRESETS (checked in tests)
 PRESET_HELP = (
-    "Inversion budget: paper (the paper's 1500 steps x 8 restarts, cold) or fast (300 steps x "
-    "2 restarts plus a warm start at the model's encoder, failed profile inversions trimmed; "
-    "measured in benchmarks/RESULTS.md, 'Warm starts': 7.5 % of the paper's steps, AUC as "
-    "high, accuracy up to 3 points lower)."
+    "Inversion budget: paper (the paper's 1500 steps x 8 restarts, cold), balanced (1500 "
+    "steps x 1 restart plus a warm start at the model's encoder: 25 % of the paper's steps) or "
+    "fast (300 steps x 2 restarts plus the warm start, failed profile inversions trimmed: "
+    "7.5 % of the steps, accuracy up to 3 points lower); measured in benchmarks/RESULTS.md, "
+    "'Warm starts'."
 )
 
 
@@ -96,6 +97,14 @@ def _config_error_types() -> tuple[type[BaseException], ...]:
     from ronan_jax.report.metadata import RunSelectionError
 
     return (ModelSpecError, CheckpointError, ProfileMismatchError, RunSelectionError, WarmStartError)
+
+
+def _is_insufficient_memory(exc: MemoryError) -> bool:
+    """Whether ``exc`` is the engine's refusal to start a call that cannot fit in memory
+    (not an allocation that failed)."""
+    from ronan_jax.engine.memory import InsufficientMemoryError
+
+    return isinstance(exc, InsufficientMemoryError)
 
 
 class EnvironmentProblem(click.ClickException):
@@ -146,6 +155,8 @@ def handle_errors(fn: F) -> F:
             if isinstance(exc, (AuditPlanError, *_config_error_types())):
                 raise usage_error(exc) from exc
             if isinstance(exc, StoreError):  # a database that cannot be used as asked
+                raise EnvironmentProblem(str(exc)) from exc
+            if isinstance(exc, MemoryError) and _is_insufficient_memory(exc):
                 raise EnvironmentProblem(str(exc)) from exc
             if isinstance(exc, (OSError, sqlite3.Error)):
                 raise environment_problem(exc) from exc
