@@ -307,3 +307,20 @@ def test_reconstructions_pick_worst_then_best_and_refuse_uncached_sets(tmp_cache
     reconstructions.plot(images, [("mse", recs, np.array([0.1, 0.2]))], np.array([0.1, 0.2]),
                          "title", out)
     assert out.stat().st_size > 1000
+
+
+def test_warm_losses_composed_from_cold_and_one_encoder_run_equal_a_warm_inversion(tmp_cache):
+    from benchmarks.accuracy import warm_spec
+    from ronan_jax.engine.invert import invert
+
+    spec = "gen:dcgan-mnist:1"
+    gen, images = sets.load_model("dcgan-mnist"), sets.load_set(spec, 3)
+    # nothing cold is cached yet: skipped, nothing entered
+    assert warm_spec.compose_set("dcgan-mnist", spec, 3, log=lambda m: None, cold=TINY) == 0
+    cache.losses(gen, images, TINY, log=lambda m: None)
+    assert warm_spec.compose_set("dcgan-mnist", spec, 3, log=lambda m: None, cold=TINY) == 3
+    warm = TINY.replace(warm_start=True)
+    loss, steps = cache.losses(gen, images, warm, cached_only=True)
+    direct = invert(gen, images.astype(np.float32) / 255.0, warm)
+    np.testing.assert_allclose(loss, direct.loss, rtol=1e-5)
+    assert list(steps) == [3 * TINY.steps] * 3  # 2 prior runs + the encoder's

@@ -2,12 +2,14 @@
 
     python -m benchmarks.accuracy.presets            # score what is cached, invert nothing
 
-For every row: the paper preset (1500 x 8, cold, untrimmed profile: the SPEC-default run)
-and the fast preset (``ronan_jax.attribution.presets``: warm start, fewer steps, trimmed
-profile), each with its steps run per test image (model and reference), accuracy, AUC and
-seconds per image (as the cache recorded them while filling: machine load included; NaN
-where older records hold no time). Writes ``results/presets.{json,md}``. Fill the fast rows
-with ``python -m benchmarks.accuracy core 2 3 --steps S --restarts R --warm --workers 2``.
+For every row: the paper preset (1500 x 8, cold, untrimmed profile: the SPEC-default run),
+the SPEC defaults with the warm start (1500 x 8 + the encoder's run; filled by
+``python -m benchmarks.accuracy.warm_spec core 2 3``), and every other named preset
+(``ronan_jax.attribution.presets``), each with its steps run per test image (model and
+reference), accuracy, AUC and seconds per image (as the cache recorded them while filling:
+machine load included; "-" where the records hold no time: older ones, and the composed
+warm SPEC losses). Writes ``results/presets.{json,md}``. Fill a preset's rows with
+``python -m benchmarks.accuracy core 2 3 --steps S --restarts R --warm --workers 2``.
 """
 
 from __future__ import annotations

@@ -29,28 +29,29 @@ from ronan_jax.attribution.classes import num_classes
 from ronan_jax.engine.config import InversionConfig
 
 COLD = InversionConfig()
-WARM = COLD.replace(warm_start=True)
-ENCODER_RUN = WARM.replace(restarts=1)
 
 
-def compose_set(gen_name: str, spec: str, n: int, log: Callable[[str], None] = print) -> int:
-    """Fill the warm 1500 x 8 losses of one set on one zoo generator; returns images added
-    (0 where its cold losses are not all cached or it is conditional)."""
+def compose_set(gen_name: str, spec: str, n: int, log: Callable[[str], None] = print,
+                cold: InversionConfig = COLD) -> int:
+    """Fill the warm losses of ``cold`` + the warm start for one set on one zoo generator
+    (default: the SPEC defaults); returns images added (0 where its cold losses are not all
+    cached, or the generator is conditional or has no encoder)."""
     gen = sets.load_model(gen_name)
     if num_classes(gen) or gen.encoder is None:
         return 0
+    warm = cold.replace(warm_start=True)
+    encoder_run = warm.replace(restarts=1)
     images = sets.load_set(spec, n)
     try:
-        cold, cold_steps = cache.losses(gen, images, COLD, spec, log, cached_only=True)
+        cold_loss, cold_steps = cache.losses(gen, images, cold, spec, log, cached_only=True)
     except cache.NotCached as exc:
         log(f"  skipped: {exc} (cold run first)")
         return 0
-    one, one_steps = cache.losses(gen, images, ENCODER_RUN, f"{spec} (encoder run)", log)
+    one, one_steps = cache.losses(gen, images, encoder_run, f"{spec} (encoder run)", log)
     # the encoder run's steps on top of the cold run's (its prior draw repeats cold restart 0)
-    extra = one_steps - one_steps // ENCODER_RUN.runs_per_image(True)
-    merged = np.fmin(cold, one)
-    return cache.seed(gen, images, WARM, merged, cold_steps + extra,
-                      source="min(cold 1500x8, warm 1500x1)")
+    extra = one_steps - one_steps // encoder_run.runs_per_image(True)
+    return cache.seed(gen, images, warm, np.fmin(cold_loss, one), cold_steps + extra,
+                      source=f"min(cold {cold.steps}x{cold.restarts}, warm {cold.steps}x1)")
 
 
 def row_sets(row: tables.Row) -> list[tuple[str, str]]:
