@@ -11,7 +11,8 @@
 Formats are dispatched through one table, :data:`CONVERTERS` (format -> module, function).
 A format module's function takes ``(src, **options)`` and returns a
 :class:`converters.base.Converted`; it reads and verifies, and only :func:`convert` writes
-(with ``ronan_jax.models.checkpoint.save_generator``), so every card records the same provenance:
+(with ``ronan_jax.models.checkpoint.save_generator``, and ``write_encoder`` for a source's own
+encoder), so every card records the same provenance:
 architecture config, source file SHA-256, converter version, options and the summary.
 """
 
@@ -33,7 +34,7 @@ from converters.errors import (
 )
 from converters.formats import FORMATS
 from converters.readers import checkpoint_strings, is_network_pickle, sniff
-from ronan_jax.models.checkpoint import save_generator
+from ronan_jax.models.checkpoint import save_generator, write_encoder
 
 _ENTRY_POINTS = {
     "dcgan": ("converters.dcgan", "convert_dcgan"),
@@ -137,7 +138,9 @@ def convert(
     ``image_size``, ``resize_to``, ``resize_method``; SD VAE: ``image_size``,
     ``include_encoder``). Returns the model card as written: ``architecture``, ``config``,
     ``param_hash``, ``format``, ``source`` (path, SHA-256 of each file read), ``converter``
-    (version, options) and ``summary`` (what the converter found).
+    (version, options), ``summary`` (what the converter found) and, when the source has its
+    own encoder (a diffusers AutoencoderKL), ``encoder`` (stored as the checkpoint's
+    encoder, so warm starts work at once).
     """
     src, out_dir = Path(src), Path(out_dir)
     fmt = fmt or detect_format(src)
@@ -163,7 +166,13 @@ def convert(
         },
         "summary": _jsonable(result.summary),
     }
-    return save_generator(out_dir, result.architecture, result.config, result.variables, card)
+    card = save_generator(out_dir, result.architecture, result.config, result.variables, card)
+    if result.encoder is not None:
+        enc = result.encoder
+        card["encoder"] = write_encoder(
+            out_dir, enc.architecture, enc.config, enc.variables, _jsonable(enc.provenance)
+        )
+    return card
 
 
 def _check_options(func: Callable[..., Any], fmt: str, options: dict[str, Any]) -> None:

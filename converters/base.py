@@ -2,7 +2,8 @@
 
 A format module exposes ``convert_<family>(src, **options) -> Converted``: it reads and
 verifies, it writes nothing. :func:`converters.api.convert` writes the result with
-``ronan_jax.models.checkpoint.save_generator`` and records provenance in the model card.
+``ronan_jax.models.checkpoint.save_generator`` (and its encoder, if any, with
+``write_encoder``) and records provenance in the model card.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class Converted:
         variables: Flax variables, NumPy leaves, checked against a fresh template.
         summary: what the converter found (inferred sizes, where the state dict was, ...).
         sources: the files read, ``{path: sha256}``.
+        encoder: the source's own encoder, when it has one (a diffusers ``AutoencoderKL``'s),
+            written as the checkpoint's encoder (warm starts).
     """
 
     architecture: str
@@ -38,6 +41,24 @@ class Converted:
     variables: Any
     summary: dict[str, Any]
     sources: dict[str, str]
+    encoder: ConvertedEncoder | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertedEncoder:
+    """A converted encoder before it is written (the card's ``encoder`` entry).
+
+    Attributes:
+        architecture: key of ``ronan_jax.models.registry.ENCODER_ARCHITECTURES``.
+        config: its JSON-able config.
+        variables: its Flax variables, NumPy leaves.
+        provenance: card fields saying where it came from (``source: "converted"``, ...).
+    """
+
+    architecture: str
+    config: dict[str, Any]
+    variables: Any
+    provenance: dict[str, Any]
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

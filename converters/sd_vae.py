@@ -9,6 +9,11 @@ config with the layer and block tables of :mod:`converters.keymap`, and every on
 against a fresh Flax template. Attention weights saved under
 diffusers' deprecated names (``query``/``key``/``value``/``proj_attn``, possibly as 1x1
 convolutions) are accepted as aliases.
+
+The encoder (with ``quant_conv``), when the weights hold it, is kept as the checkpoint's own
+encoder (:mod:`ronan_jax.models.sd_vae_encoder`): its output is the posterior mean in the
+decoder Generator's input space, so ``G(E(x))`` is the VAE's reconstruction and warm starts
+need no training.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from converters.base import Converted, fill_template, sha256_file
+from converters.base import Converted, ConvertedEncoder, fill_template, sha256_file
 from converters.errors import ArchitectureError, ConversionError, preview
 from converters.keymap import (
     CONV,
@@ -35,9 +40,15 @@ from converters.keymap import (
     resnet_rules,
 )
 from converters.readers import TensorTable, load_state_dict
-from ronan_jax.models import sd_vae
+from ronan_jax.models import sd_vae, sd_vae_encoder
 
-__all__ = ["convert_sd_vae", "convert_sd_vae_state_dict", "sd_vae_config", "vae_key_map"]
+__all__ = [
+    "convert_sd_vae",
+    "convert_sd_vae_state_dict",
+    "has_encoder_tensors",
+    "sd_vae_config",
+    "vae_key_map",
+]
 
 WEIGHT_FILES = (
     "diffusion_pytorch_model.safetensors",
@@ -69,6 +80,8 @@ CONFIG_FIELDS = (
 # Fields read and checked, or irrelevant to a float32 decoder.
 _CHECKED_FIELDS = ("_class_name", "down_block_types", "up_block_types", "sample_size")
 _IRRELEVANT_FIELDS = ("_diffusers_version", "_name_or_path", "force_upcast")
+# State-dict key prefixes of the encoder's tensors.
+_ENCODER_PREFIXES = ("encoder.", "quant_conv.")
 
 def vae_key_map(config: sd_vae.SDVAEConfig) -> list[KeyRule]:
     """Every tensor of ``AutoencoderKL(config)``, one rule each, in state-dict order."""
@@ -172,7 +185,7 @@ def convert_sd_vae_state_dict(
     )
     excluded = []
     if not config.include_encoder:
-        excluded = [k for k in state if k.startswith(("encoder.", "quant_conv."))]
+        excluded = [k for k in state if k.startswith(_ENCODER_PREFIXES)]
         table.ignore(*excluded)
     table.finish()
     variables = fill_template(sd_vae.variable_shapes(config), values, source)
@@ -180,16 +193,23 @@ def convert_sd_vae_state_dict(
 
 
 def convert_sd_vae(
-    src: str | Path, *, image_size: int | None = None, include_encoder: bool = True
+    src: str | Path, *, image_size: int | None = None, include_encoder: bool | None = None
 ) -> Converted:
     """Read a diffusers ``AutoencoderKL`` folder (or a pipeline folder's ``vae/``).
+
+    The decoder becomes the Generator (its parameters: ``decoder`` and ``post_quant_conv``);
+    the encoder and ``quant_conv``, when kept, become the checkpoint's encoder
+    (:mod:`ronan_jax.models.sd_vae_encoder`: the scaled posterior mean, the decoder's input),
+    so the converted model warm-starts at once.
 
     Args:
         src: folder with ``config.json`` and the weights.
         image_size: the Generator's default image side (default: the config's
             ``sample_size``); any multiple of the downsampling factor works later through
             ``Generator.for_shape``.
-        include_encoder: keep the encoder's weights (for :func:`sd_vae.initial_latents`).
+        include_encoder: keep the encoder (default: when the weights hold ``encoder.*`` or
+            ``quant_conv.*`` tensors; a decoder-only state dict converts without one). True
+            requires every encoder tensor; False drops them.
     """
     folder = _vae_folder(Path(src))
     config_path = folder / "config.json"
@@ -197,19 +217,25 @@ def convert_sd_vae(
         raw = json.loads(config_path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ConversionError(f"{config_path}: unreadable config ({exc})") from exc
-    config, ignored = sd_vae_config(
-        raw, image_size=image_size, include_encoder=include_encoder, source=str(config_path)
-    )
+    config, ignored = sd_vae_config(raw, image_size=image_size, source=str(config_path))
     weight_files = _weight_files(folder)
     state: dict[str, np.ndarray] = {}
     for path in weight_files:
         state.update(load_state_dict(path))
     dtypes = sorted({str(a.dtype) for a in state.values()})
+    keep = has_encoder_tensors(state) if include_encoder is None else bool(include_encoder)
+    config = dataclasses.replace(config, include_encoder=keep)
     variables, facts = convert_sd_vae_state_dict(state, config, source=str(folder))
+    # The encoder travels as the checkpoint's encoder, not inside the model's parameters.
+    variables, encoder_variables = sd_vae_encoder.split_variables(variables)
+    config = dataclasses.replace(config, include_encoder=False)
     gen = sd_vae.make_generator(config, variables, name="check")
     out = jax.eval_shape(gen.apply_fn, variables, jnp.zeros((1, *gen.input_shape), jnp.float32), None)
     if tuple(out.shape[1:]) != gen.output_shape:  # pragma: no cover - guarded by the template
         raise ArchitectureError(f"{folder}: decoder emits {out.shape[1:]}, expected {gen.output_shape}")
+    encoder = None
+    if encoder_variables is not None:
+        encoder = _converted_encoder(config, encoder_variables, folder, gen.output_shape, gen.input_shape)
     summary = {
         "class": raw.get("_class_name", "AutoencoderKL"),
         "diffusers_version": raw.get("_diffusers_version"),
@@ -223,13 +249,41 @@ def convert_sd_vae(
         "latent_shape": list(gen.input_shape),
         "scaling_factor": config.scaling_factor,
         "shift_factor": config.shift_factor,
-        "encoder": config.include_encoder,
+        "encoder": encoder is not None,
         "ignored_config_fields": ignored,
         "input": "scaled latent z; the decoder gets z / scaling_factor (+ shift)",
         **facts,
     }
     sources = {str(p): sha256_file(p) for p in [*weight_files, config_path]}
-    return Converted("sd-vae", dataclasses.asdict(config), variables, summary, sources)
+    return Converted("sd-vae", dataclasses.asdict(config), variables, summary, sources, encoder)
+
+
+def has_encoder_tensors(state: dict[str, np.ndarray]) -> bool:
+    """Whether a diffusers ``AutoencoderKL`` state dict holds any encoder tensor."""
+    return any(k.startswith(_ENCODER_PREFIXES) for k in state)
+
+
+def _converted_encoder(
+    config: sd_vae.SDVAEConfig,
+    variables: dict[str, Any],
+    folder: Path,
+    image_shape: tuple[int, ...],
+    latent_shape: tuple[int, ...],
+) -> ConvertedEncoder:
+    """The VAE's encoder as the checkpoint's encoder, checked to map the decoder's images to
+    its inputs (shapes traced, nothing computed)."""
+    enc_config = sd_vae_encoder.encoder_config(config)
+    enc = sd_vae_encoder.make_encoder(enc_config, variables)
+    out = jax.eval_shape(enc.apply_fn, variables, jnp.zeros((1, *image_shape), jnp.float32), None)
+    if tuple(out.shape[1:]) != tuple(latent_shape):  # pragma: no cover - guarded by the template
+        raise ArchitectureError(f"{folder}: encoder emits {out.shape[1:]}, expected {latent_shape}")
+    keys = ["encoder.*", "quant_conv.*"] if config.use_quant_conv else ["encoder.*"]
+    provenance = {
+        "source": "converted",
+        "from": {"format": "sd-vae", "folder": str(folder), "keys": keys},
+        "output": "posterior mean (first half of the moments), scaled like the decoder's input",
+    }
+    return ConvertedEncoder(sd_vae_encoder.ARCHITECTURE, enc_config, variables, provenance)
 
 
 def _vae_folder(src: Path) -> Path:

@@ -37,7 +37,8 @@ def convert(src: str, out: str, fmt: str | None, name: str | None, key: str | No
 
     Formats: a pytorch/examples DCGAN generator state dict (.pth/.pt/.bin/.safetensors, bare
     or wrapped in a training checkpoint, legacy or CUDA-saved), a diffusers AutoencoderKL
-    folder (Stable Diffusion VAE: the decoder becomes the generator, its latent the input), a
+    folder (Stable Diffusion VAE: the decoder becomes the generator, its latent the input, and
+    its encoder, when the weights hold one, the model's encoder for warm starts), a
     diffusers UNet2DModel folder (+ scheduler: deterministic DDIM), a consistency model, an
     NVlabs StyleGAN2 network pickle (network-*.pkl) or a rosinality stylegan2-pytorch .pt.
     Nothing in the checkpoint is executed. The result loads with --model OUT.
@@ -61,4 +62,7 @@ def convert(src: str, out: str, fmt: str | None, name: str | None, key: str | No
     shape = card.get("summary", {}).get("output_shape") or card.get("summary", {}).get("image_size")
     click.echo(f"Found {fmt} ({card['architecture']}); wrote {out} "
                f"(param hash {card['param_hash'][:12]}{', output ' + str(shape) if shape else ''}).")
+    if card.get("encoder"):
+        click.echo(f"Kept its encoder ({card['encoder']['architecture']}, hash "
+                   f"{card['encoder']['param_hash'][:12]}): warm starts work at once (--preset fast).")
     click.echo(f"Next: ronan profile --model {out} -o {Path(out).name}.profile.json")

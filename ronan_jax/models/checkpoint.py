@@ -5,7 +5,8 @@ Layout of a checkpoint directory::
     model_card.json   architecture, config, param_hash, provenance (training data, source file...)
                       and, when an encoder ships, ``encoder``: its architecture, config, param_hash
     params/           orbax StandardCheckpointer tree of the Flax variables
-    encoder/          (optional) orbax tree of the encoder's variables (warm starts)
+    encoder/          (optional) orbax tree of the encoder's variables (warm starts): one
+                      trained by ``ronan encoder train`` or a converted VAE's own encoder
 
 Used by the zoo (shipped weights) and the converters (PyTorch/diffusers imports); the CLI loads
 either by path. Restored trees are checked leaf by leaf against a freshly initialised template
@@ -25,7 +26,11 @@ import orbax.checkpoint as ocp
 
 from ronan_jax.engine.generator import Encoder, Generator, param_hash
 from ronan_jax.models import encoder as encoder_model
-from ronan_jax.models.registry import get_architecture
+from ronan_jax.models.registry import (
+    ENCODER_ARCHITECTURES,
+    get_architecture,
+    get_encoder_architecture,
+)
 
 CARD_FILE = "model_card.json"
 PARAMS_DIR = "params"
@@ -126,20 +131,27 @@ def load_generator(path: str | Path, name: str | None = None) -> Generator:
 
 def load_encoder(path: str | Path, card: dict[str, Any] | None = None) -> Encoder:
     """The verified encoder of a checkpoint directory (``CheckpointError`` if the card names
-    none, or its weights are missing, damaged or not the card's)."""
+    none, or its weights are missing, damaged or not the card's). The card's ``architecture``
+    picks the family (:data:`~ronan_jax.models.registry.ENCODER_ARCHITECTURES`); the entry's
+    other fields (``training``, ``source``, ...) become the encoder's ``info``."""
     path = Path(path).absolute()
     card = card if card is not None else read_card(path)
     entry = card.get("encoder")
-    if not isinstance(entry, dict) or entry.get("architecture") != encoder_model.ARCHITECTURE:
-        raise CheckpointError(f"{path}: the model card names no {encoder_model.ARCHITECTURE} encoder")
+    if not isinstance(entry, dict) or entry.get("architecture") not in ENCODER_ARCHITECTURES:
+        found = entry.get("architecture") if isinstance(entry, dict) else None
+        raise CheckpointError(
+            f"{path}: the model card names no known encoder (architecture {found!r}; "
+            f"known: {', '.join(sorted(ENCODER_ARCHITECTURES))})"
+        )
+    arch = get_encoder_architecture(entry["architecture"])
     try:
-        config = encoder_model.EncoderConfig.from_dict(entry["config"])
+        abstract = arch.template(entry["config"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: invalid encoder config in the model card ({exc})") from exc
-    abstract = jax.eval_shape(lambda: encoder_model.init_variables(config, jax.random.key(0)))
     variables = _restore_verified(path, ENCODER_DIR, abstract, entry.get("param_hash"),
                                   "the encoder", "encoder hash", "the encoder was")
-    return encoder_model.make_encoder(config, variables, training=entry.get("training", {}))
+    info = {k: v for k, v in entry.items() if k not in ("architecture", "config", "param_hash")}
+    return arch.make(entry["config"], variables, **info)
 
 
 def save_encoder(
@@ -149,19 +161,38 @@ def save_encoder(
     training: dict[str, Any] | None = None,
     replace: bool = False,
 ) -> dict[str, Any]:
-    """Write an encoder into the checkpoint directory ``path`` and name it in the card.
+    """Write a trained convolutional encoder into the checkpoint directory ``path`` and name
+    it in the card (:func:`write_encoder` with its ``training`` record)."""
+    return write_encoder(path, encoder_model.ARCHITECTURE, config.to_dict(), variables,
+                         {"training": training or {}}, replace=replace)
+
+
+def write_encoder(
+    path: str | Path,
+    architecture: str,
+    config: dict[str, Any],
+    variables: Any,
+    provenance: dict[str, Any] | None = None,
+    replace: bool = False,
+) -> dict[str, Any]:
+    """Write an encoder of any :data:`~ronan_jax.models.registry.ENCODER_ARCHITECTURES`
+    family into the checkpoint directory ``path`` and name it in the card.
 
     The model's own weights and ``param_hash`` are untouched. Refuses to overwrite an
     encoder unless ``replace``. The weights are written next to the old ones and swapped in,
     then the card is rewritten atomically, so a kill leaves the old encoder or the new one.
-    Returns the card's ``encoder`` entry.
+    Returns the card's ``encoder`` entry: ``architecture``, ``config``, ``param_hash`` and
+    the ``provenance`` fields (``training`` of a trained one, ``source`` of a converted one).
     """
     path = Path(path).absolute()
     card = read_card(path)
     if card.get("encoder") is not None and not replace:
         raise CheckpointError(f"{path} already has an encoder (replace it explicitly)")
-    check_tree(jax.eval_shape(lambda: encoder_model.init_variables(config, jax.random.key(0))),
-               variables, source="encoder")
+    try:
+        template = get_encoder_architecture(architecture).template(config)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: invalid {architecture} encoder config ({exc})") from exc
+    check_tree(template, variables, source="encoder")
     variables = _to_numpy(variables)
     staging = path / (ENCODER_DIR + ".new")
     if staging.exists():
@@ -175,10 +206,10 @@ def save_encoder(
         (path / ENCODER_DIR).rename(old)
     staging.rename(path / ENCODER_DIR)
     entry = {
-        "architecture": encoder_model.ARCHITECTURE,
-        "config": config.to_dict(),
+        **(provenance or {}),
+        "architecture": architecture,
+        "config": config,
         "param_hash": param_hash(variables),
-        "training": training or {},
     }
     card["encoder"] = entry
     tmp = path / (CARD_FILE + ".tmp")

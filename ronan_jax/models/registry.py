@@ -1,8 +1,10 @@
-"""Architecture table: from a model card's ``architecture`` + ``config`` to a Generator.
+"""Architecture tables: from a model card's ``architecture`` + ``config`` to a Generator, and
+from its ``encoder`` entry's to an Encoder.
 
 One explicit entry per architecture family (no renaming guesses, no string dispatch spread
 over files). Each entry knows how to build fresh variables (the shape template that restored
-or converted weights are checked against) and how to wrap variables as a Generator.
+or converted weights are checked against) and how to wrap variables as a Generator (or an
+Encoder: the trained convolutional family, or a converted VAE's own encoder).
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from typing import Any
 
 import jax
 
-from ronan_jax.engine.generator import Generator
-from ronan_jax.models import conv_decoder, dcgan, sd_vae, stylegan2, vae
+from ronan_jax.engine.generator import Encoder, Generator
+from ronan_jax.models import conv_decoder, dcgan, sd_vae, sd_vae_encoder, stylegan2, vae
 from ronan_jax.models import diffusion as _diffusion
+from ronan_jax.models import encoder as conv_encoder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,4 +101,46 @@ def get_architecture(name: str) -> Architecture:
     except KeyError:
         raise ValueError(
             f"unknown architecture {name!r}; known: {', '.join(sorted(ARCHITECTURES))}"
+        ) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderArchitecture:
+    """How to instantiate one encoder family from its JSON-able card config."""
+
+    name: str
+    template: Callable[[dict[str, Any]], Any]  # config -> variable shapes (nothing computed)
+    make: Callable[..., Encoder]  # (config_dict, variables, **info) -> Encoder
+
+
+def _conv_encoder_template(cfg: dict[str, Any]) -> Any:
+    config = conv_encoder.EncoderConfig.from_dict(cfg)
+    return jax.eval_shape(lambda: conv_encoder.init_variables(config, jax.random.key(0)))
+
+
+ENCODER_ARCHITECTURES: dict[str, EncoderArchitecture] = {
+    # Trained by `ronan encoder train` on the model's samples (models/encoder_training.py).
+    conv_encoder.ARCHITECTURE: EncoderArchitecture(
+        conv_encoder.ARCHITECTURE,
+        template=_conv_encoder_template,
+        make=lambda cfg, variables, **info: conv_encoder.make_encoder(
+            conv_encoder.EncoderConfig.from_dict(cfg), variables, **info
+        ),
+    ),
+    # A converted diffusers AutoencoderKL's own encoder: the scaled posterior mean.
+    sd_vae_encoder.ARCHITECTURE: EncoderArchitecture(
+        sd_vae_encoder.ARCHITECTURE,
+        template=lambda cfg: sd_vae_encoder.variable_shapes(sd_vae_encoder.vae_config(cfg)),
+        make=sd_vae_encoder.make_encoder,
+    ),
+}
+
+
+def get_encoder_architecture(name: str) -> EncoderArchitecture:
+    """The encoder table entry of ``name`` (``ValueError`` listing the known names)."""
+    try:
+        return ENCODER_ARCHITECTURES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown encoder architecture {name!r}; known: {', '.join(sorted(ENCODER_ARCHITECTURES))}"
         ) from None
