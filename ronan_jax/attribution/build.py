@@ -12,6 +12,11 @@ With ``config.second_chance`` on, the first pass over all images fixes the level
 inverted again on the model (:meth:`~ronan_jax.engine.config.InversionConfig.second_pass`),
 in chunks recorded in the same resume file; the first pass's records are those of a build
 without the second chance, so turning it on reuses them.
+
+Calls are sized like an audit's (:func:`profile_fit`): the engine's size, lowered to what
+the free memory holds (the device's, or the host's RAM on CPU), and a build that cannot
+invert even one image in host memory stops before it starts
+(:class:`~ronan_jax.engine.memory.InsufficientMemoryError`) instead of being killed.
 """
 
 from __future__ import annotations
@@ -32,6 +37,15 @@ from ronan_jax.attribution.profile import Profile, belonging_stats, finite_or_no
 from ronan_jax.engine.config import InversionConfig
 from ronan_jax.engine.environment import library_versions
 from ronan_jax.engine.generator import Generator
+from ronan_jax.engine.memory import (
+    HOST_MEMORY,
+    CallFit,
+    InsufficientMemoryError,
+    MemoryBudget,
+    fit_call,
+    memory_budget,
+    padded_images,
+)
 from ronan_jax.engine.program import images_per_call
 
 ProgressFn = Callable[[int, int], None]
@@ -51,6 +65,8 @@ def build_profile(
     model_spec: str | None = None,
     reference_spec: str | None = None,
     classes: list[int] | np.ndarray | None = None,
+    memory: Callable[[], MemoryBudget | None] = memory_budget,
+    chunk: int | None = None,
 ) -> Profile:
     """Generate ``n`` images from random inputs of ``model``, quantise them to 8 bits, and
     measure their calibrated losses. ``reference=None`` builds an
@@ -72,13 +88,22 @@ def build_profile(
     :func:`profile_classes`, the image generated with it, and inverted under
     ``config.class_rule`` ("known": its drawn class; "min": the minimum over classes). The
     drawn classes are stored in the profile (``Profile.classes``, one per image).
+
+    ``memory``: the memory calls are sized in (:func:`profile_fit`); the default is the
+    device's, or the host's on CPU. Raises
+    :class:`~ronan_jax.engine.memory.InsufficientMemoryError` before any work when not even
+    one image fits in host memory. ``chunk``: images per call when the caller sized them
+    already (:func:`profile_fit`'s).
     """
     if n < 3:
         raise ValueError(f"a profile needs n >= 3 images, got {n}")
     config = config or InversionConfig()
     drawn = profile_classes(model, n, seed, classes)
-    images = quantize_8bit(profile_images(model, n, seed, drawn))
-    chunk = images_per_call(config)
+    chunk = chunk or profile_fit(model, reference, config, n, memory)[0]
+    # Generated in the inversions' chunks only where memory lowered them (the same images,
+    # drawn from one key; a forward pass needs less memory than an inversion step).
+    images = quantize_8bit(profile_images(model, n, seed, drawn,
+                                          chunk if chunk < images_per_call(config) else None))
     ident = _resume_identity(model, reference, config, seed, n, classes if drawn is not None else None)
     done = _read_resume(resume_path, ident)
     if resume_path is not None:  # an unwritable place fails now, not after the inversions
@@ -106,7 +131,7 @@ def build_profile(
                   "images": [int(i) for i in np.flatnonzero(flags)],
                   "first_losses": finite_or_none(loss)}
         second = _second_pass(model, images, drawn, config, ident, level, record["images"],
-                              resume_path, progress, n)
+                              resume_path, progress, n, memory)
         for i, v in second.items():
             loss[i] = second_chance.min_loss(loss[i : i + 1], np.array([v]))[0]
         cal = calibrate(loss, ref_loss)
@@ -137,14 +162,14 @@ def build_profile(
 def _second_pass(
     model: Generator, images: np.ndarray, drawn: np.ndarray | None, config: InversionConfig,
     ident: dict[str, Any], level: float, flagged: list[int], resume_path: str | Path | None,
-    progress: ProgressFn | None, n: int,
+    progress: ProgressFn | None, n: int, memory: Callable[[], MemoryBudget | None],
 ) -> dict[int, float]:
     """Second-pass model losses of the ``flagged`` profile images, chunk by chunk, resumed
     from and appended to the resume file under their own identity."""
     cfg = config.second_pass()
     ident2 = {**ident, "second_pass": cfg.result_settings(), "level": level}
     done = {i: v[0] for i, v in _read_resume(resume_path, ident2).items()}
-    chunk = images_per_call(cfg)
+    chunk = profile_fit(model, None, cfg, len(flagged), memory)[0] if flagged else 1
     total = n + len(flagged)
     for lo in range(0, len(flagged), chunk):
         idx = flagged[lo : lo + chunk]
@@ -191,6 +216,33 @@ def record_measured_losses(
         i: (float(loss[i]), None if ref_loss is None else float(ref_loss[i])) for i in range(n)})
 
 
+def profile_fit(
+    model: Generator, reference: Generator | None, config: InversionConfig, n: int,
+    memory: Callable[[], MemoryBudget | None] = memory_budget,
+) -> tuple[int, CallFit | None]:
+    """Images per engine call when inverting ``n`` images on ``model`` and ``reference``,
+    and the estimate it came from (None when no memory is known or the estimate failed):
+    the engine's size (:func:`~ronan_jax.engine.program.images_per_call`), lowered to what
+    ``memory()`` holds (:func:`~ronan_jax.engine.memory.fit_call`, as audits size theirs).
+
+    Raises :class:`~ronan_jax.engine.memory.InsufficientMemoryError` when one image alone
+    does not fit in host memory: XLA:CPU does not fail such a call, the kernel kills the
+    process."""
+    capacity = images_per_call(config)
+    budget = memory()
+    if budget is None:
+        return capacity, None
+    gens = [model] if reference is None else [model, reference.for_shape(tuple(model.output_shape))]
+    try:
+        fit = fit_call(gens, config, padded_images(min(n, capacity), capacity), budget)
+    except Exception:  # an estimate must never stop a build
+        return capacity, None
+    if fit.images == 0 and budget.source == HOST_MEMORY:
+        raise InsufficientMemoryError(
+            f"cannot build a profile of {model.name} here: {fit.refusal(config.restarts)}")
+    return (capacity if fit.images >= fit.limit else max(1, fit.images)), fit
+
+
 def profile_classes(
     model: Generator, n: int, seed: int, classes: list[int] | np.ndarray | None = None
 ) -> np.ndarray | None:
@@ -214,13 +266,23 @@ def profile_classes(
     return pool[picks].astype(np.int32)
 
 
-def profile_images(model: Generator, n: int, seed: int, drawn: np.ndarray | None) -> np.ndarray:
+def profile_images(
+    model: Generator, n: int, seed: int, drawn: np.ndarray | None, chunk: int | None = None
+) -> np.ndarray:
     """The ``n`` images a profile of ``seed`` is measured on, before 8-bit rounding: inputs
-    from the key ``seed``, generated with the drawn classes of a conditional model."""
-    if drawn is None:
+    from the key ``seed``, generated with the drawn classes of a conditional model;
+    ``chunk`` images per call when given (the same inputs, less memory)."""
+    if drawn is None and chunk is None:
         return np.asarray(model.generate(jax.random.key(seed), n), np.float32)
     z = model.sample_inputs(jax.random.key(seed), n)
-    return np.asarray(model.apply_fn(model.params, z, model.conditions_for_classes(drawn)), np.float32)
+    step = chunk or n
+    parts = []
+    for lo in range(0, n, step):
+        zs = z[lo : lo + step]
+        cond = (model.batched_condition(len(zs)) if drawn is None
+                else model.conditions_for_classes(drawn[lo : lo + step]))
+        parts.append(np.asarray(model.apply_fn(model.params, zs, cond), np.float32))
+    return np.concatenate(parts)
 
 
 _CLASS_KEY = 0x636C7373  # "clss": the profile classes' stream, apart from the inputs' key

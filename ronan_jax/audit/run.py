@@ -72,7 +72,7 @@ def run_audit(
     check_matches_profile(plan.profile, plan.model, plan.reference, plan.config)
     cfg = plan.audit
     batch_size = cfg.batch_size or default_batch_size(plan.config)
-    sizer = plan_batches(plan.model, plan.reference, plan.config)
+    sizer = plan_batches(plan.model, plan.reference, plan.config, most=batch_size)
     info = {**plan.info, "batch_sizing": sizer.to_dict()}
     run = store.start_run(
         run_config(plan, info if shard is None else {**plan.info, "shard": shard.to_dict()},

@@ -3,16 +3,20 @@
 A :class:`BatchSizer` holds the number of images per engine call for one run. It starts from
 
 1. the engine's own size (``InversionConfig.max_batch`` // restarts, per device), and
-2. where the backend reports device memory (GPU/TPU: ``device.memory_stats()`` with
-   ``bytes_limit``), the number of images that fit in the free memory: the inversion step is
-   compiled for one and for eight images and its memory analysis gives the fixed bytes and
-   the bytes per image (:func:`per_image_bytes`); the size is rounded down to a power of
+2. the number of images that fit in the memory there is (:func:`ronan_jax.engine.memory.fit_call`):
+   the free device memory where the backend reports it (GPU/TPU), the available host RAM on
+   CPU (or ``RONAN_HOST_MEMORY``); the inversion step is compiled for one and for up to eight
+   images and its memory analysis gives the fixed bytes and the bytes per image, unless a
+   traced bound already shows the engine's size fits; the size is rounded down to a power of
    two, the shapes the engine pads to;
 
 and :func:`run_fitting` keeps it honest: a call that fails with an out-of-memory error
 (XLA's ``RESOURCE_EXHAUSTED``) is split in halves and retried, down to one image, and the
 smaller size is kept for the rest of the run. Only an image that does not fit alone becomes
-an error (:data:`OUT_OF_MEMORY`); the other images go on.
+an error (:data:`OUT_OF_MEMORY`); the other images go on. On CPU no call ever fails that way
+(the kernel kills the process instead), so an image the estimate says cannot fit alone in
+host memory is not run: every image becomes an :data:`OUT_OF_MEMORY` error at once
+(``BatchSizer.cap`` 0).
 
 Splitting never changes results beyond float rounding: an image's random key comes from the
 seed and its content (:func:`ronan_jax.engine.invert.image_prng_key`) and its runs are independent of
@@ -35,15 +39,20 @@ from ronan_jax.attribution.verdicts import INTERNAL, OUT_OF_MEMORY
 from ronan_jax.audit.config import CPU_BATCH_SIZE
 from ronan_jax.engine.config import InversionConfig
 from ronan_jax.engine.generator import Generator
-from ronan_jax.engine.memory import device_memory, per_image_bytes
+from ronan_jax.engine.memory import (
+    HOST_MEMORY,
+    SAFETY,
+    MemoryBudget,
+    fit_call,
+    memory_budget,
+    padded_images,
+)
 from ronan_jax.engine.program import images_per_call
 
 T = TypeVar("T")
 
-
-SAFETY = 0.8
-"""Share of the free device memory a call may plan to use (the rest: fragmentation, the
-outer run table, the reconstruction)."""
+__all__ = ["SAFETY", "BatchSizer", "Piece", "default_batch_size", "is_out_of_memory", "plan",
+           "run_fitting"]
 
 _OOM_MARKERS = ("RESOURCE_EXHAUSTED", "out of memory", "OOM when allocating")
 
@@ -77,19 +86,16 @@ def default_batch_size(config: InversionConfig | None = None, backend: str | Non
     return images_per_call(config, devices, backend)
 
 
-def _floor_pow2(n: int) -> int:
-    return 1 << (max(1, int(n)).bit_length() - 1)
-
-
 @dataclasses.dataclass
 class BatchSizer:
     """The images per engine call of one run, learnt as it goes (one per run, mutable).
 
-    ``cap`` None means "the engine's own size" (nothing learnt); ``source`` says where the
-    size came from: ``"engine"`` (config or backend default), ``"device-memory"`` (estimated
-    from the device's memory) or ``"out-of-memory"`` (halved after an out-of-memory error).
-    ``calls`` counts engine calls tried, ``oom_splits`` the calls split after running out of
-    memory.
+    ``cap`` None means "the engine's own size" (nothing learnt), 0 that not even one image
+    fits (``refusal`` says why; no call is made); ``source`` says where the size came from:
+    ``"engine"`` (config or backend default), ``"device-memory"`` / ``"host-memory"``
+    (estimated from the device's or the host's memory) or ``"out-of-memory"`` (halved after
+    an out-of-memory error). ``calls`` counts engine calls tried, ``oom_splits`` the calls
+    split after running out of memory.
     """
 
     engine_images: int
@@ -100,6 +106,7 @@ class BatchSizer:
     calls: int = 0
     oom_splits: int = 0
     notes: dict[str, Any] = dataclasses.field(default_factory=dict)
+    refusal: str = ""
 
     @property
     def images_per_call(self) -> int:
@@ -109,7 +116,7 @@ class BatchSizer:
     def config_for(self, config: InversionConfig) -> InversionConfig:
         """``config`` with ``max_batch`` lowered so one engine call holds at most
         :attr:`images_per_call` images (unchanged while nothing was learnt)."""
-        if self.cap is None or self.cap >= self.engine_images:
+        if not self.cap or self.cap >= self.engine_images:
             return config
         per_device = max(1, math.ceil(self.cap / self.devices))
         return config.replace(max_batch=per_device * config.restarts)
@@ -117,7 +124,7 @@ class BatchSizer:
     def shrink(self, images: int) -> None:
         """Take at most ``images`` per call from now on (after an out-of-memory error)."""
         images = max(1, images)
-        if images < self.images_per_call:
+        if self.cap != 0 and images < self.images_per_call:
             self.cap = images
             self.source = OUT_OF_MEMORY
 
@@ -130,6 +137,7 @@ class BatchSizer:
             "devices": self.devices,
             "oom_splits": self.oom_splits,
             **self.notes,
+            **({"refusal": self.refusal} if self.refusal else {}),
         }
 
 
@@ -165,7 +173,11 @@ def run_fitting(
     keeps the smaller size. An image that alone runs out of memory becomes an
     :data:`OUT_OF_MEMORY` piece; a call failing otherwise an :data:`INTERNAL` piece, except
     exceptions of the ``fatal`` types, which propagate. Pieces come back in image order.
+    With ``sizer.cap`` 0 (not even one image fits) nothing is called: all ``n`` images are
+    one :data:`OUT_OF_MEMORY` piece with ``sizer.refusal``.
     """
+    if sizer.cap == 0:
+        return [Piece(0, n, error=sizer.refusal, error_kind=OUT_OF_MEMORY)] if n else []
     out: list[Piece[T]] = []
     pending: deque[tuple[int, int]] = deque([(0, n)] if n else [])
     while pending:
@@ -201,30 +213,20 @@ def run_fitting(
     return out
 
 
-# -- sizing from device memory ---------------------------------------------------------
-
-
-def estimate_images_per_call(
-    generators: list[Generator], config: InversionConfig, free_bytes: int, limit: int
-) -> tuple[int, int, int]:
-    """(images per call, fixed bytes, bytes per image): as many images as ``SAFETY *
-    free_bytes`` holds for the hungriest of ``generators`` (fixed and per-image bytes each
-    the largest), rounded down to a power of two, in ``[1, limit]``."""
-    costs = [per_image_bytes(g, config) for g in generators]
-    fixed = max(c[0] for c in costs)
-    per = max(c[1] for c in costs)
-    fit = (int(SAFETY * free_bytes) - fixed) // per
-    return min(limit, _floor_pow2(max(1, fit))), fixed, per
+# -- sizing from the memory there is ----------------------------------------------------
 
 
 def plan(
     model: Generator,
     reference: Generator | None,
     config: InversionConfig,
-    memory: Callable[[], dict[str, int] | None] = device_memory,
+    memory: Callable[[], MemoryBudget | None] = memory_budget,
+    most: int | None = None,
 ) -> BatchSizer:
-    """The sizer a run starts with: the engine's size, lowered to what the device's free
-    memory holds where the backend reports it (the estimate failing leaves the engine's)."""
+    """The sizer a run starts with: the engine's size, lowered to what the free memory
+    holds (the device's, or the host's on CPU; the estimate failing leaves the engine's).
+    ``most``: no call holds more images (the audit's batch size). An image that alone does
+    not fit in host memory gives ``cap`` 0: nothing is run (:func:`run_fitting`)."""
     from ronan_jax.engine.mesh import device_count
 
     try:
@@ -232,21 +234,22 @@ def plan(
     except ValueError:
         devices = 1
     sizer = BatchSizer(images_per_call(config, devices), config.restarts, devices)
-    stats = memory()
-    if stats is None:
+    budget = memory()
+    if budget is None:
         return sizer
-    free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
     gens = [model] if reference is None else [model, reference.for_shape(tuple(model.output_shape))]
     per_device = max(1, sizer.engine_images // devices)
+    if most:
+        per_device = padded_images(math.ceil(most / devices), per_device)
     try:
-        images, fixed, per = estimate_images_per_call(gens, config, free, per_device)
+        fit = fit_call(gens, config, per_device, budget)
     except Exception as exc:  # an estimate must never stop a run; halving still guards it
-        sizer.notes["memory_estimate_error"] = _first_line(exc)
+        sizer.notes.update(budget.to_dict(), memory_estimate_error=_first_line(exc))
         return sizer
-    sizer.notes.update(
-        bytes_limit=stats["bytes_limit"], bytes_free=free, bytes_fixed=fixed, bytes_per_image=per
-    )
-    if images * devices < sizer.engine_images:
-        sizer.cap = images * devices
-        sizer.source = "device-memory"
+    sizer.notes.update(fit.to_dict())
+    if fit.images == 0 and budget.source == HOST_MEMORY:
+        sizer.cap, sizer.source, sizer.refusal = 0, HOST_MEMORY, fit.refusal(config.restarts)
+    elif max(1, fit.images) * devices < sizer.engine_images and fit.images < fit.limit:
+        sizer.cap = max(1, fit.images) * devices
+        sizer.source = budget.source
     return sizer

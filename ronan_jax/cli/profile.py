@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from ronan_jax.attribution.profile import Profile
     from ronan_jax.engine.config import InversionConfig
     from ronan_jax.engine.generator import Generator
+    from ronan_jax.engine.memory import CallFit
 
 METRIC_NAMES = ("mse", "mae", "ssim")  # = ronan_jax.engine.metrics.METRICS names (checked in tests)
 
@@ -93,10 +94,11 @@ def profile(
     stopped build resumes and a rerun with --trim-outliers or another --alpha inverts nothing
     (and a rerun with --second-chance inverts only the second pass).
     """
-    from ronan_jax.attribution.build import build_profile
+    from ronan_jax.attribution.build import build_profile, profile_fit
     from ronan_jax.attribution.presets import get_preset
     from ronan_jax.attribution.warm_start import check_warm_start
     from ronan_jax.audit.plan import load_model_spec, load_reference_spec
+    from ronan_jax.engine.program import images_per_call
     from ronan_jax.models.resolver import default_reference_spec, normalize_spec
 
     err = stderr()
@@ -131,12 +133,15 @@ def profile(
             f"Profile of {gen.name} (reference {ref_name}): {samples} images, "
             f"{describe_settings(config, gen, ref)}."
         )
+    chunk, fit = profile_fit(gen, ref, config, samples)  # exit 2 if no image fits in RAM
+    if not quiet and fit is not None and chunk < images_per_call(config):
+        err.print(f"Memory: {describe_fit(chunk, fit)}")
     with profile_progress(err, samples, quiet) as progress:
         built = build_profile(
             gen, ref, n=samples, seed=seed, config=config, alpha=alpha, progress=progress,
             resume_path=resume, trim_outliers=trim_outliers, classes=list(class_pool) or None,
             model_spec=normalize_spec(model),
-            reference_spec=None if ref_spec is None else normalize_spec(ref_spec),
+            reference_spec=None if ref_spec is None else normalize_spec(ref_spec), chunk=chunk,
         )
     built.save(out_path)
     click.echo(
@@ -170,6 +175,21 @@ def profile_progress(console: Console, total: int, quiet: bool) -> Iterator[Prog
                   TimeRemainingColumn(), console=console) as bar:
         task = bar.add_task("profile", total=total)
         yield lambda done, n: bar.update(task, completed=done, total=n)
+
+
+def describe_fit(chunk: int, fit: CallFit) -> str:
+    """One line on a memory-lowered call size: how many images, and the figures behind it."""
+    from ronan_jax.engine.memory import HOST_MEMORY, size_text
+
+    where = "host RAM" if fit.budget.source == HOST_MEMORY else "device memory"
+    text = f"{chunk} image{'s' * (chunk != 1)} per engine call"
+    if fit.one is not None:
+        text += f" (one image's compiled step needs {size_text(fit.one)}"
+        if fit.per_image is not None and fit.per_image != fit.one:
+            text += f", each more {size_text(fit.per_image)}"
+        text += ")"
+    return (text + f", the most that fit in {size_text(fit.budget.usable)} of {size_text(fit.budget.free)} "
+            f"{where} ({fit.budget.note or fit.budget.source}).")
 
 
 def describe_settings(config: InversionConfig, model: Generator | None = None,
