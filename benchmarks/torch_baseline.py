@@ -133,6 +133,48 @@ def make_loss_fn(net: nn.Module, compile_model: bool = False) -> Callable[[torch
     return losses
 
 
+def image_target(image_hwc: np.ndarray, device: torch.device) -> torch.Tensor:
+    """One ``[H, W, C]`` image in [0, 1] as the ``[1, C, H, W]`` float32 target."""
+    target = torch.from_numpy(np.ascontiguousarray(np.asarray(image_hwc, np.float32).transpose(2, 0, 1)))
+    return target.unsqueeze(0).to(device)
+
+
+def start_inputs(shape: tuple[int, ...], seed: int, device: torch.device) -> torch.Tensor:
+    """The R restarts' starting inputs, N(0, I), from a seeded torch generator."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    return torch.randn(*shape, generator=gen, device=device)
+
+
+def adam_min_loss(
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    z: torch.Tensor,
+    target: torch.Tensor,
+    steps: int,
+    lr: float,
+) -> float:
+    """The authors' loop on one image: Adam on its restarts ``z`` (one batch) for ``steps``
+    steps on the summed per-restart losses ``loss_fn(z, target)``; the smallest loss seen,
+    the input after the last update measured too (a running minimum kept on the device)."""
+    z = z.detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=lr)
+    best = torch.full((z.shape[0],), float("inf"), device=z.device)
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        losses = loss_fn(z, target)
+        best = torch.minimum(best, losses.detach())
+        losses.sum().backward()
+        opt.step()
+    with torch.no_grad():
+        best = torch.minimum(best, loss_fn(z, target))
+    return float(best.min().cpu())
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA), so wall times are complete."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 @dataclasses.dataclass
 class TorchInverter:
     """Per-image RONAN inversion of a frozen PyTorch generator (the authors' loop)."""
@@ -149,22 +191,9 @@ class TorchInverter:
 
     def invert_one(self, image_hwc: np.ndarray, steps: int, seed: int = 0) -> float:
         """Strategy "min" loss of one ``[H, W, C]`` image in [0, 1] after ``steps`` steps."""
-        target = torch.from_numpy(np.ascontiguousarray(np.asarray(image_hwc, np.float32).transpose(2, 0, 1)))
-        target = target.unsqueeze(0).to(self.device)
-        gen = torch.Generator(device=self.device).manual_seed(seed)
-        z = torch.randn(self.restarts, self.nz, 1, 1, generator=gen, device=self.device)
-        z.requires_grad_(True)
-        opt = torch.optim.Adam([z], lr=self.lr)
-        best = torch.full((self.restarts,), float("inf"), device=self.device)
-        for _ in range(steps):
-            opt.zero_grad(set_to_none=True)
-            losses = self.loss_fn(z, target)
-            best = torch.minimum(best, losses.detach())
-            losses.sum().backward()
-            opt.step()
-        with torch.no_grad():
-            best = torch.minimum(best, self.loss_fn(z, target))
-        return float(best.min().cpu())
+        target = image_target(image_hwc, self.device)
+        z = start_inputs((self.restarts, self.nz, 1, 1), seed, self.device)
+        return adam_min_loss(self.loss_fn, z, target, steps, self.lr)
 
     def invert(self, images: np.ndarray, steps: int, seed: int = 0) -> np.ndarray:
         """Images one at a time (the baseline's defining property); per-image min losses."""
@@ -172,9 +201,57 @@ class TorchInverter:
 
     def timed(self, images: np.ndarray, steps: int) -> float:
         """Wall seconds per image of :meth:`invert` (device synchronised)."""
-        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
-        sync()
+        synchronize(self.device)
         t0 = time.perf_counter()
         self.invert(images, steps)
-        sync()
+        synchronize(self.device)
         return (time.perf_counter() - t0) / len(images)
+
+
+@dataclasses.dataclass
+class PerImageLoop:
+    """The authors' loop for any frozen generator module ``net(z, condition)`` that maps
+    ``[R, *input_shape]`` inputs (and one image's condition) to ``[R, C, H, W]`` images in
+    [0, 1]: one image at a time, its R restarts as one batch, ``torch.optim.Adam`` on the
+    input. ``autocast`` (e.g. ``torch.bfloat16``) runs the generator under
+    ``torch.autocast``, the inputs, loss and Adam staying float32 (as the engine's
+    bfloat16 setting does)."""
+
+    net: nn.Module
+    input_shape: tuple[int, ...]
+    restarts: int = 8
+    lr: float = 0.1
+    autocast: torch.dtype | None = None
+
+    def __post_init__(self) -> None:
+        self.device = next(self.net.parameters()).device
+
+    def loss_fn(self, condition: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """``(z, target) -> per-restart MSE [R]`` (float32) of one image's condition."""
+
+        def losses(z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
+                images = self.net(z, condition)
+            return (images.float() - target).square().mean(dim=(1, 2, 3))
+
+        return losses
+
+    def invert_one(self, image_hwc: np.ndarray, condition: Any, steps: int, seed: int = 0) -> float:
+        """Strategy "min" loss of one ``[H, W, C]`` image after ``steps`` steps."""
+        z = start_inputs((self.restarts, *self.input_shape), seed, self.device)
+        return adam_min_loss(self.loss_fn(condition), z, image_target(image_hwc, self.device), steps, self.lr)
+
+    def invert(self, images: np.ndarray, conditions: list[Any], steps: int, seed: int = 0) -> np.ndarray:
+        """Images one at a time; per-image min losses (device synchronised at the end)."""
+        out = np.array([self.invert_one(img, c, steps, seed + i)
+                        for i, (img, c) in enumerate(zip(images, conditions, strict=True))])
+        synchronize(self.device)
+        return out
+
+    def measure_once(self, image_hwc: np.ndarray, condition: Any) -> None:
+        """One no-grad evaluation of the R restarts: the per-image work outside the step
+        loop (the final inputs' losses), timed apart so the step time can be told from it."""
+        z = start_inputs((self.restarts, *self.input_shape), 0, self.device)
+        with torch.no_grad():
+            self.loss_fn(condition)(z, image_target(image_hwc, self.device))
+        synchronize(self.device)

@@ -12,9 +12,9 @@ import jax
 import numpy as np
 import pytest
 import torch
-import torch_stylegan2 as ts
 from e2e_helpers import db_rows, invoke, write_png
 
+from benchmarks import torch_stylegan2 as ts
 from ronan_jax.attribution.profile import quantize_8bit
 from ronan_jax.models.checkpoint import load_generator
 

@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-import torch_stylegan2 as ts
 
+from benchmarks import torch_stylegan2 as ts
 from converters.api import convert, detect_format
 from converters.errors import (
     ArchitectureError,

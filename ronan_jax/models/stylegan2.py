@@ -180,7 +180,7 @@ class FullyConnected(nn.Module):
             (fan_in, self.features),
         )
         bias = self.param("bias", nn.initializers.constant(self.bias_init), (self.features,))
-        x = x @ (kernel * (self.lr_multiplier / np.sqrt(fan_in)))
+        x = x @ (kernel * (self.lr_multiplier / math.sqrt(fan_in)))  # a Python float keeps the dtype
         return _bias_act(x, bias * self.lr_multiplier, self.activation, None)
 
 
@@ -197,7 +197,9 @@ class MappingNetwork(nn.Module):
     def __call__(self, z: jax.Array, c: jax.Array | None) -> jax.Array:
         cfg = self.config
         self.variable("buffers", "w_avg", lambda: jnp.zeros((cfg.w_dim,), jnp.float32))
-        x = _normalize_2nd_moment(z.astype(jnp.float32))
+        # Normalised in float32, then computed in the inputs' dtype (bfloat16 under mixed
+        # precision, where the engine casts inputs and parameters alike).
+        x = _normalize_2nd_moment(z.astype(jnp.float32)).astype(z.dtype)
         if cfg.num_classes:
             y = FullyConnected(cfg.embed_features or cfg.w_dim, name="embed")(c)
             x = jnp.concatenate([x, _normalize_2nd_moment(y)], axis=1)
@@ -265,7 +267,7 @@ class ToRGB(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, w: jax.Array) -> jax.Array:
         cin = x.shape[-1]
-        styles = FullyConnected(cin, bias_init=1.0, name="affine")(w) / np.sqrt(cin)
+        styles = FullyConnected(cin, bias_init=1.0, name="affine")(w) / math.sqrt(cin)
         kernel = self.param("kernel", nn.initializers.normal(1.0), (cin, self.channels))
         bias = self.param("bias", nn.initializers.zeros, (self.channels,))
         x = jnp.einsum("nhwi,io->nhwo", x * styles[:, None, None, :], kernel)
@@ -281,7 +283,6 @@ class SynthesisNetwork(nn.Module):
     def __call__(self, ws: jax.Array) -> jax.Array:
         cfg = self.config
         n = ws.shape[0]
-        ws = ws.astype(jnp.float32)
         x = img = None
         w_idx = 0
         for res in cfg.resolutions:
@@ -318,7 +319,7 @@ class StyleGAN2Generator(nn.Module):
         if cfg.num_classes:
             if label is None:
                 raise ValueError("conditional StyleGAN2 needs a class id")
-            c = jax.nn.one_hot(label, cfg.num_classes, dtype=jnp.float32)
+            c = jax.nn.one_hot(label, cfg.num_classes, dtype=z.dtype)
         return self.mapping(z, c)
 
     def truncate(self, ws: jax.Array) -> jax.Array:

@@ -1,5 +1,6 @@
-"""PyTorch StyleGAN2 generators for the parity tests, written from the published
-architectures (no code of theirs is imported or run):
+"""PyTorch StyleGAN2 generators for the parity tests and the speed benchmark at the paper's
+sizes (:mod:`benchmarks.scale`), written from the published architectures (no code of theirs
+is imported or run):
 
 * :class:`Generator`: NVlabs stylegan2-ada-pytorch ``training/networks.py``, with its
   parameter and buffer names (``mapping.fc0.weight``, ``synthesis.b8.conv0.noise_const``,
