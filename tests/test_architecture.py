@@ -165,3 +165,6 @@ def test_cli_copies_of_library_constants_equal_the_library_s():
     from ronan_jax.engine.config import CLASS_RULES
 
     assert app.CLASS_RULES == CLASS_RULES
+    from ronan_jax.engine.config import ROBUST_MODES
+
+    assert app.ROBUST_MODES == ROBUST_MODES

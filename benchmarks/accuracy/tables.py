@@ -197,6 +197,17 @@ TABLES["second"] = ("Tables 2-5, 7 and the core rows with the second chance (k =
 ])
 
 
+# Robust mode (issue 20): Table 8's filtered rows and Table 2's clean rows of the same models
+# again, inverted through the tone family ("tone": a bounded global colour map found jointly
+# with the input, on the model, the reference and the profile's images alike).
+TABLES["robust"] = ("Robust mode (tone): Table 8's filtered rows and Table 2's clean rows", [
+    dataclasses.replace(row, label=f"{row.label}, robust tone", overrides=(("robust", "tone"),),
+                        paper=f"{row.paper}; default mode: see its table")
+    for row in (*TABLES["8"][1],
+                *(r for r in TABLES["2"][1] if r.model in ("dcgan-mnist", "dcgan-photo")))
+])
+
+
 def _mean_finite(values: np.ndarray) -> float | None:
     ok = np.isfinite(values)
     return float(np.mean(values[ok])) if ok.any() else None

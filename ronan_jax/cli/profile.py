@@ -17,6 +17,7 @@ from ronan_jax.cli.app import (
     PRESET_HELP,
     PRESET_NAMES,
     REFERENCE_HELP,
+    ROBUST_MODES,
     SECOND_CHANCE_HELP,
     SECOND_CHANCE_K,
     WARM_START_HELP,
@@ -34,6 +35,13 @@ if TYPE_CHECKING:
     from ronan_jax.engine.generator import Generator
     from ronan_jax.engine.memory import CallFit
 
+ROBUST_HELP = (
+    "Invert through a post-processing family, for images that were filtered after the model "
+    "made them: tone (a bounded global colour map: gain, channel mixing, offset, gamma) or "
+    "tone+blur (and a bounded 3x3 blur/sharpen kernel), found jointly with the input on the "
+    "model and the reference alike. Off is the paper's method. Costs about as much as off per "
+    "step. Recorded in the profile; audits use it."
+)
 METRIC_NAMES = ("mse", "mae", "ssim")  # = ronan_jax.engine.metrics.METRICS names (checked in tests)
 
 
@@ -59,6 +67,7 @@ METRIC_NAMES = ("mse", "mae", "ssim")  # = ronan_jax.engine.metrics.METRICS name
 @click.option("--second-restarts", default=32, show_default=True, type=click.IntRange(min=1), help="Second chance: restarts of the second pass (new starting inputs), halved at 10, 25 and 50 % of its steps.")
 @click.option("--second-steps", default=0, show_default=True, type=click.IntRange(min=0), help="Second chance: Adam steps of the second pass (0: --steps).")
 @click.option("--warm-start/--cold-start", "warm_start", default=None, help=WARM_START_HELP + " Default: the preset's. Recorded in the profile; audits use it.")
+@click.option("--robust", default="off", show_default=True, type=click.Choice(ROBUST_MODES), help=ROBUST_HELP)
 @click.option("--quiet", is_flag=True, help="No progress bar (for logs).")
 @handle_errors
 def profile(
@@ -83,6 +92,7 @@ def profile(
     second_restarts: int,
     second_steps: int,
     warm_start: bool | None,
+    robust: str,
     quiet: bool,
 ) -> None:
     """Build a model's belonging profile (run once per model; slow).
@@ -114,7 +124,7 @@ def profile(
                                   class_rule=class_rule, class_screen_steps=class_screen,
                                   class_screen_keep=class_keep, second_chance=second_chance,
                                   second_restarts=second_restarts, second_steps=second_steps,
-                                  **chosen)
+                                  robust=robust, **chosen)
     if batch_size is not None:
         config = config.replace(max_batch=batch_size * config.runs_per_image(gen.encoder is not None))
     if config.warm_start and gen.encoder is None and warm_start is None:
@@ -204,6 +214,8 @@ def describe_settings(config: InversionConfig, model: Generator | None = None,
         f"{config.metric}, seed {config.seed}" + (f", {classes}" if classes else "")
         + (f", {warm}" if warm else "")
     )
+    if config.robust != "off":
+        text += f", robust {config.robust}"
     if config.second_chance:
         second = config.second_pass()
         text += (f", second chance k {config.second_chance:g} ({second.steps} steps x "

@@ -9,6 +9,7 @@ from typing import Any
 PRECISIONS = ("float32", "bfloat16")
 LOOPS = ("auto", "scan", "chunked")
 CLASS_RULES = ("known", "min", "zero")
+ROBUST_MODES = ("off", "tone", "tone+blur")  # the post-processing families of engine.robust
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +67,11 @@ class InversionConfig:
     runs, so at equal steps it is never above the cold run's; a generator without an encoder
     runs cold. A result setting, recorded when on; which encoder was used is in the
     generator's identity (``encoder_hash``).
+
+    ``robust``: invert through a post-processing family ("off", the paper's method, by
+    default; "tone", "tone+blur"): the input and a few bounded filter parameters are found
+    jointly, on the model and the reference alike (:mod:`ronan_jax.engine.robust`). A result
+    setting, recorded when on.
     """
 
     steps: int = 1500
@@ -90,6 +96,7 @@ class InversionConfig:
     class_screen_steps: int = 0
     class_screen_keep: int = 2
     warm_start: bool = False
+    robust: str = "off"
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -104,6 +111,8 @@ class InversionConfig:
             raise ValueError(f"loop must be one of {LOOPS}, got {self.loop!r}")
         if self.max_batch < 0 or self.unroll < 1 or self.check_every < 1:
             raise ValueError("max_batch must be >= 0, unroll and check_every >= 1")
+        if self.robust not in ROBUST_MODES:
+            raise ValueError(f"robust must be one of {ROBUST_MODES}, got {self.robust!r}")
         if self.class_rule not in CLASS_RULES:
             raise ValueError(f"class_rule must be one of {CLASS_RULES}, got {self.class_rule!r}")
         if self.class_screen_steps:
@@ -166,6 +175,8 @@ class InversionConfig:
                        class_screen_keep=self.class_screen_keep)
         if self.warm_start:
             out["warm_start"] = True
+        if self.robust != "off":
+            out["robust"] = self.robust
         return out
 
     def runs_per_image(self, has_encoder: bool) -> int:

@@ -32,6 +32,7 @@ from ronan_jax.engine.program import (
     images_per_call,
     step_segments,
 )
+from ronan_jax.engine.robust import inversion_generator
 from ronan_jax.engine.stopping import StoppingRules
 
 # default_max_batch lives in ronan_jax.engine.program; it is re-exported here for callers
@@ -105,6 +106,7 @@ def invert(
             f"output {generator.output_shape}"
         )
     n = images.shape[0]
+    generator = inversion_generator(generator, config)  # robust mode: [z, phi] optimised
     if stop_below is not None:
         stop_below = np.broadcast_to(np.asarray(stop_below, np.float64), (n,))
     if conditions is None and generator.condition is not None:

@@ -33,6 +33,7 @@ from ronan_jax.engine.config import InversionConfig
 from ronan_jax.engine.generator import Generator
 from ronan_jax.engine.invert import _bucket
 from ronan_jax.engine.program import compiled_program, step_segments
+from ronan_jax.engine.robust import inversion_generator
 
 SAFETY = 0.8
 """Share of the free memory a call may plan to use (the rest: fragmentation, the outer run
@@ -171,6 +172,7 @@ def _step_arguments(
 ) -> tuple[Any, tuple[Any, ...]]:
     """The program and the abstract arguments of the first ``advance`` call of ``images``
     images, as :func:`ronan_jax.engine.invert.invert` makes it."""
+    generator = inversion_generator(generator, config)
     program = compiled_program(generator, config)
     keys = jnp.stack([jax.random.key(i) for i in range(images)])
     warm = program.runs > config.restarts

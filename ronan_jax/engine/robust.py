@@ -1,0 +1,203 @@
+"""Robust mode: invert through a small differentiable post-processing family.
+
+Images found in the wild were filtered, blurred or sharpened after the model made them. In
+robust mode the inversion finds the input ``z`` and a few post-processing parameters ``phi``
+jointly, so that ``T_phi(G(z))`` matches the image. ``phi`` is part of the optimised input:
+the wrapped generator's input is one flat vector ``[z (flattened), phi]``, so Adam, the
+restarts, vmapping and the compiled program treat both alike (no host loop). The reference
+model is inverted through the same family (the engine wraps whichever generator it inverts),
+so calibration cancels the freedom non-belonging images gain too.
+
+The stages (``ROBUST_MODES``), each the identity at ``phi = 0`` (where every restart starts)
+and bounded (``tanh``), so that ``T`` cannot draw an image by itself:
+
+- ``tone``: a global colour map ``y = clip(M x + b, 0, 1) ** gamma`` per pixel: ``M`` the
+  identity plus up to +-:data:`MATRIX_BOUND` per entry (a C x C matrix: gain and, on colour
+  images, saturation and channel mixing), ``b`` up to +-:data:`BIAS_BOUND` per channel and
+  ``gamma`` per channel in ``exp(+-GAMMA_LOG_BOUND)``. Brightness/contrast, gamma,
+  saturation and blends with a flat colour (pilgram's filters) are of this form.
+- ``tone+blur``: first a 3x3 kernel ``delta + s (B - delta)``, ``B`` the normalised binomial
+  blur and ``s`` in +-:data:`SHARPEN_BOUND` (``s > 0`` blurs, ``s < 0`` sharpens: an unsharp
+  mask), then the tone map. The kernel's weights sum to 1 for every ``s``.
+
+The result setting is :attr:`~ronan_jax.engine.config.InversionConfig.robust`; profiles and
+rows record it and an audit in another mode is refused like any other setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ronan_jax.engine.config import ROBUST_MODES, InversionConfig
+from ronan_jax.engine.generator import Encoder, Generator
+
+__all__ = ["ROBUST_MODES", "inversion_generator", "phi_size", "postprocess", "robust_generator",
+           "split_inputs"]
+
+MATRIX_BOUND = 0.5
+BIAS_BOUND = 0.3
+GAMMA_LOG_BOUND = 0.5
+SHARPEN_BOUND = 1.0
+
+_BLUR = np.outer([1.0, 2.0, 1.0], [1.0, 2.0, 1.0]) / 16.0
+_DELTA = np.zeros((3, 3))
+_DELTA[1, 1] = 1.0
+
+
+def stage_names(mode: str) -> tuple[str, ...]:
+    """The stages of ``mode``, in the order they are applied."""
+    if mode not in ROBUST_MODES:
+        raise ValueError(f"robust mode must be one of {ROBUST_MODES}, got {mode!r}")
+    return () if mode == "off" else {"tone": ("tone",), "tone+blur": ("blur", "tone")}[mode]
+
+
+def phi_size(mode: str, channels: int) -> int:
+    """Number of post-processing parameters of ``mode`` for images of ``channels`` channels."""
+    sizes = {"tone": channels * channels + 2 * channels, "blur": 1}
+    return sum(sizes[s] for s in stage_names(mode))
+
+
+def blur_kernel(s: jax.Array) -> jax.Array:
+    """The 3x3 kernel ``delta + s (B - delta)`` (weights sum to 1)."""
+    return jnp.asarray(_DELTA, s.dtype) + s * jnp.asarray(_BLUR - _DELTA, s.dtype)
+
+
+def apply_blur(images: jax.Array, raw: jax.Array) -> jax.Array:
+    """Images ``[N, H, W, C]`` through each one's kernel of ``raw`` ``[N, 1]`` (edges
+    replicated)."""
+    s = SHARPEN_BOUND * jnp.tanh(raw[:, 0])
+    padded = jnp.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    h, w = images.shape[1:3]
+    kernels = jax.vmap(blur_kernel)(s)  # [N, 3, 3]
+    out = jnp.zeros_like(images)
+    for dy in range(3):
+        for dx in range(3):
+            out = out + kernels[:, dy, dx, None, None, None] * padded[:, dy : dy + h, dx : dx + w]
+    return out
+
+
+def apply_tone(images: jax.Array, raw: jax.Array) -> jax.Array:
+    """Images ``[N, H, W, C]`` through each one's colour map of ``raw`` ``[N, C*C + 2C]``."""
+    c = images.shape[-1]
+    delta = MATRIX_BOUND * jnp.tanh(raw[:, : c * c]).reshape(-1, c, c)
+    matrix = jnp.eye(c, dtype=images.dtype) + delta
+    bias = BIAS_BOUND * jnp.tanh(raw[:, c * c : c * c + c])
+    gamma = jnp.exp(GAMMA_LOG_BOUND * jnp.tanh(raw[:, c * c + c :]))
+    mapped = jnp.einsum("nhwc,ndc->nhwd", images, matrix) + bias[:, None, None, :]
+    # a floor above 0 keeps the power's gradient finite; 1e-6 is below 8-bit resolution
+    return jnp.clip(mapped, 1e-6, 1.0) ** gamma[:, None, None, :]
+
+
+def postprocess(mode: str, images: jax.Array, phi: jax.Array) -> jax.Array:
+    """``T_phi(images)``: the stages of ``mode`` with their parameters ``phi`` ``[N, P]``."""
+    c = images.shape[-1]
+    offset = 0
+    for stage in stage_names(mode):
+        if stage == "blur":
+            images = apply_blur(images, phi[:, offset : offset + 1])
+            offset += 1
+        else:
+            n = c * c + 2 * c
+            images = apply_tone(images, phi[:, offset : offset + n])
+            offset += n
+    return images
+
+
+@dataclasses.dataclass(frozen=True)
+class _RobustApply:
+    """``apply_fn`` of a robust generator: splits ``[z, phi]``, renders ``G(z)`` and
+    post-processes it; hashable by value so equal wrappers share a compiled program."""
+
+    inner: Any
+    mode: str
+    input_shape: tuple[int, ...]
+    channels: int
+
+    def __call__(self, params: Any, inputs: jax.Array, condition: Any) -> jax.Array:
+        k = math.prod(self.input_shape)
+        z = inputs[:, :k].reshape((-1, *self.input_shape))
+        images = self.inner(params, z, condition)
+        phi = inputs[:, k:].astype(images.dtype)
+        return postprocess(self.mode, images, phi)
+
+
+@dataclasses.dataclass(frozen=True)
+class _RobustPrior:
+    """The inner prior's draws, flattened, then ``phi = 0`` (the identity)."""
+
+    inner: Any
+    input_shape: tuple[int, ...]
+    extra: int
+
+    def __call__(self, key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+        lead = shape[:-1]
+        z = self.inner(key, (*lead, *self.input_shape))
+        flat = z.reshape((*lead, math.prod(self.input_shape)))
+        return jnp.concatenate([flat, jnp.zeros((*lead, self.extra), flat.dtype)], axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class _RobustEncode:
+    """The inner encoder's input estimate, flattened, then ``phi = 0``."""
+
+    inner: Any
+    extra: int
+
+    def __call__(self, params: Any, images: jax.Array, condition: Any) -> jax.Array:
+        z = self.inner(params, images, condition)
+        flat = z.reshape((z.shape[0], -1))
+        return jnp.concatenate([flat, jnp.zeros((flat.shape[0], self.extra), flat.dtype)], axis=-1)
+
+
+def robust_generator(generator: Generator, mode: str) -> Generator:
+    """``generator`` inverted through the post-processing family ``mode`` ("off": itself).
+
+    Its input is ``[z flattened, phi]``; its prior draws ``z`` exactly as ``generator``'s
+    (same key, same values) with ``phi = 0``; its encoder, if any, estimates ``z`` and starts
+    ``phi`` at 0. Name, weights and parameter hash are ``generator``'s: the mode is a result
+    setting of the inversion, not a property of the model."""
+    if mode == "off":
+        return generator
+    shape = tuple(generator.input_shape)
+    channels = generator.output_shape[2]
+    extra = phi_size(mode, channels)
+    encoder = generator.encoder
+    if encoder is not None:
+        encoder = _keep_hash(encoder, Encoder(_RobustEncode(encoder.apply_fn, extra),
+                                              encoder.params, encoder.info))
+    return _keep_hash(generator, generator.replace(
+        apply_fn=_RobustApply(generator.apply_fn, mode, shape, channels),
+        input_shape=(math.prod(shape) + extra,),
+        prior=_RobustPrior(generator.prior, shape, extra),
+        encoder=encoder,
+        for_shape_fn=None,
+        info={**generator.info, "robust": mode},
+    ))
+
+
+def _keep_hash(old: Any, new: Any) -> Any:
+    """``new`` (same params as ``old``) with ``old``'s parameter hash, if computed already."""
+    cached = old.__dict__.get("_param_hash")
+    if cached is not None:
+        object.__setattr__(new, "_param_hash", cached)
+    return new
+
+
+def inversion_generator(generator: Generator, config: InversionConfig) -> Generator:
+    """The generator an inversion under ``config`` optimises: ``generator`` wrapped in
+    ``config.robust``'s post-processing family (itself when "off")."""
+    return robust_generator(generator, config.robust)
+
+
+def split_inputs(generator: Generator, mode: str, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(z, phi)`` of robust inputs ``[N, K + P]`` of ``generator`` (the unwrapped one)."""
+    shape = tuple(generator.input_shape)
+    k = math.prod(shape)
+    inputs = np.asarray(inputs)
+    return inputs[:, :k].reshape((-1, *shape)), inputs[:, k:]
