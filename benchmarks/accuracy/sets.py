@@ -11,7 +11,10 @@ A set is named by a spec string:
   ``n`` photo patches drawn with seed 0;
 - ``1977:SET`` — the images of set ``SET`` passed through the "1977" filter of ``pilgram``
   (the paper's adaptive attack, appendix D); greyscale images are filtered as RGB and brought
-  back to one channel with BT.601 luma, the rule the audit applies to a greyscale model.
+  back to one channel with BT.601 luma, the rule the audit applies to a greyscale model;
+- ``post:TRANSFORM:SET`` — the images of set ``SET`` after one named post-processing
+  transform of :mod:`benchmarks.accuracy.postprocess` (JPEG, WebP, resizing, cropping, tone,
+  blur, sharpening, pilgram filters, a chain), as images found in the wild were.
 
 MODEL is a zoo name or a benchmark-only model (:func:`load_model`): ``dcgan-mnist-overlap-P``
 is a DCGAN with ``dcgan-mnist``'s recipe trained (seed 1) on the 2,000 digits of
@@ -71,6 +74,8 @@ def needs_training(spec: str) -> bool:
     kind, _, rest = spec.partition(":")
     if kind == "1977":
         return needs_training(rest)
+    if kind == "post":
+        return needs_training(rest.partition(":")[2])
     model = rest.rpartition(":")[0]
     return (kind == "gen" and model.startswith(OVERLAP_PREFIX)
             and not (MODELS_DIR / model / CARD_FILE).is_file())
@@ -156,6 +161,8 @@ def load_classes(spec: str, n: int) -> np.ndarray | None:
     kind, _, rest = spec.partition(":")
     if kind == "1977":
         return load_classes(rest, n)
+    if kind == "post":
+        return load_classes(rest.partition(":")[2], n)
     if kind == "gen":
         load_set(spec, n)
         model, _, seed = rest.rpartition(":")
@@ -166,7 +173,7 @@ def load_classes(spec: str, n: int) -> np.ndarray | None:
 
         labels = data.dataset(rest).labels
         return None if labels is None or rest.startswith("photo-") else np.asarray(labels[:n], np.int32)
-    raise ValueError(f"unknown image set {spec!r} (gen:MODEL:SEED, data:DATASET, 1977:SET)")
+    raise ValueError(f"unknown image set {spec!r} (gen:MODEL:SEED, data:DATASET, 1977:SET, post:TRANSFORM:SET)")
 
 
 def load_set(spec: str, n: int) -> np.ndarray:
@@ -178,4 +185,9 @@ def load_set(spec: str, n: int) -> np.ndarray:
         return _real(rest, n)
     if kind == "1977":
         return filter_1977(load_set(rest, n))
-    raise ValueError(f"unknown image set {spec!r} (gen:MODEL:SEED, data:DATASET, 1977:SET)")
+    if kind == "post":
+        from benchmarks.accuracy.postprocess import apply_transform
+
+        name, _, inner = rest.partition(":")
+        return apply_transform(name, load_set(inner, n))
+    raise ValueError(f"unknown image set {spec!r} (gen:MODEL:SEED, data:DATASET, 1977:SET, post:TRANSFORM:SET)")

@@ -208,6 +208,30 @@ TABLES["robust"] = ("Robust mode (tone): Table 8's filtered rows and Table 2's c
 ])
 
 
+# Post-processing (issue 20): each model's belonging test images after one transform of
+# benchmarks.accuracy.postprocess, against its unseen real images (unchanged), the baseline
+# row (no transform) first; the same rows in robust mode (tone) under "post-tone".
+POST_MODELS = ("dcgan-mnist", "dcgan-photo")
+
+
+def _post_rows() -> list[Row]:
+    from benchmarks.accuracy.postprocess import TRANSFORMS
+
+    rows = []
+    for m in POST_MODELS:
+        rows.append(Row(f"{m}, no transform", m, _gen(m), _unseen(m), "no paper row"))
+        rows += [Row(f"{m}, {t}", m, f"post:{t}:{_gen(m)}", _unseen(m), "no paper row")
+                 for t in TRANSFORMS]
+    return rows
+
+
+TABLES["post"] = ("Post-processing: belonging images after one transform, default mode", _post_rows())
+TABLES["post-tone"] = ("Post-processing: belonging images after one transform, robust tone", [
+    dataclasses.replace(row, label=f"{row.label}, robust tone", overrides=(("robust", "tone"),))
+    for row in _post_rows()
+])
+
+
 def _mean_finite(values: np.ndarray) -> float | None:
     ok = np.isfinite(values)
     return float(np.mean(values[ok])) if ok.any() else None
