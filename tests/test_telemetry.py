@@ -96,8 +96,14 @@ def test_every_batch_leaves_a_telemetry_row(world, folder, tmp_path):
         assert t["images_per_s"] == pytest.approx(8 / t["seconds"])
     assert summary.steps_run == summary.steps_budget == 16 * budget
     assert summary.work.run_fraction == 1.0 and summary.work.images_per_s > 0
-    assert summary.batch_sizing == {"images_per_call": 32, "source": "engine",
-                                    "engine_images_per_call": 32, "devices": 1, "oom_splits": 0}
+    sizing = summary.batch_sizing
+    assert {k: sizing[k] for k in ("images_per_call", "source", "engine_images_per_call",
+                                   "devices", "oom_splits")} == {
+        "images_per_call": 32, "source": "engine", "engine_images_per_call": 32, "devices": 1,
+        "oom_splits": 0}
+    # on CPU the host's memory was looked at, and the engine's size fitted in it
+    assert sizing["memory_source"] == "host-memory"
+    assert 0 < sizing["bytes_traced_bound"] <= sizing["bytes_usable"] < sizing["bytes_free"]
     assert run.config["info"]["batch_sizing"]["source"] == "engine"
 
 
