@@ -80,6 +80,12 @@ def test_robust_inputs_start_at_the_prior_draws_and_the_identity(zoo):
     assert np.all(phi == 0)
     np.testing.assert_allclose(np.asarray(wrapped.generate(key, 3)), np.asarray(model.generate(key, 3)), atol=1e-6)
     assert robust_generator(model, "off") is model
+    # a warm start estimates z with the model's encoder and starts phi at the identity
+    assert model.encoder is not None and wrapped.encoder.param_hash == model.encoder.param_hash
+    images = np.asarray(model.generate(key, 3))
+    z_enc, phi_enc = split_inputs(model, "tone", np.asarray(wrapped.encoder(images)))
+    np.testing.assert_allclose(z_enc, np.asarray(model.encoder(images)), atol=1e-6)
+    assert np.all(phi_enc == 0)
 
 
 def test_a_filtered_belonging_image_is_the_models_in_robust_mode_only(zoo):
