@@ -35,7 +35,7 @@ import numpy as np
 from ronan_jax import zoo
 from ronan_jax.attribution.build import profile_classes, profile_images
 from ronan_jax.attribution.profile import quantize_8bit
-from ronan_jax.engine.generator import LUMA_WEIGHTS, Generator
+from ronan_jax.engine.generator import Generator
 from ronan_jax.models.checkpoint import CARD_FILE, load_generator
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
@@ -88,22 +88,11 @@ def training_data(model: str) -> str:
     return zoo.registry.get(model).data
 
 
-def _luma(rgb: np.ndarray) -> np.ndarray:
-    w = np.array(LUMA_WEIGHTS)
-    return to_u8((rgb.astype(np.float64) @ w)[..., None] / 255.0)
-
-
 def filter_1977(images_u8: np.ndarray) -> np.ndarray:
     """The pilgram "1977" filter applied to each image (greyscale in, greyscale out)."""
-    import pilgram
-    from PIL import Image
+    from benchmarks.accuracy.postprocess import apply_transform
 
-    out = []
-    for im in images_u8:
-        rgb = np.repeat(im, 3, axis=-1) if im.shape[-1] == 1 else im
-        filtered = np.asarray(pilgram._1977(Image.fromarray(rgb, "RGB")).convert("RGB"))
-        out.append(_luma(filtered) if im.shape[-1] == 1 else filtered)
-    return np.stack(out).astype(np.uint8)
+    return apply_transform("1977", images_u8)
 
 
 def _real(dataset: str, n: int) -> np.ndarray:

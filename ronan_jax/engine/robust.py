@@ -57,10 +57,15 @@ def stage_names(mode: str) -> tuple[str, ...]:
     return () if mode == "off" else {"tone": ("tone",), "tone+blur": ("blur", "tone")}[mode]
 
 
+def _stage_size(stage: str, channels: int) -> int:
+    """Parameters of one stage: the tone map's C x C matrix, C offsets and C gammas; the
+    kernel's one blend weight."""
+    return channels * channels + 2 * channels if stage == "tone" else 1
+
+
 def phi_size(mode: str, channels: int) -> int:
     """Number of post-processing parameters of ``mode`` for images of ``channels`` channels."""
-    sizes = {"tone": channels * channels + 2 * channels, "blur": 1}
-    return sum(sizes[s] for s in stage_names(mode))
+    return sum(_stage_size(s, channels) for s in stage_names(mode))
 
 
 def blur_kernel(s: jax.Array) -> jax.Array:
@@ -96,16 +101,12 @@ def apply_tone(images: jax.Array, raw: jax.Array) -> jax.Array:
 
 def postprocess(mode: str, images: jax.Array, phi: jax.Array) -> jax.Array:
     """``T_phi(images)``: the stages of ``mode`` with their parameters ``phi`` ``[N, P]``."""
-    c = images.shape[-1]
     offset = 0
     for stage in stage_names(mode):
-        if stage == "blur":
-            images = apply_blur(images, phi[:, offset : offset + 1])
-            offset += 1
-        else:
-            n = c * c + 2 * c
-            images = apply_tone(images, phi[:, offset : offset + n])
-            offset += n
+        n = _stage_size(stage, images.shape[-1])
+        apply = apply_blur if stage == "blur" else apply_tone
+        images = apply(images, phi[:, offset : offset + n])
+        offset += n
     return images
 
 
