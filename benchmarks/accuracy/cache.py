@@ -26,6 +26,7 @@ from ronan_jax.engine.config import InversionConfig
 from ronan_jax.engine.generator import Generator
 from ronan_jax.engine.invert import invert
 from ronan_jax.engine.program import images_per_call
+from ronan_jax.engine.robust import recodes, without_codec
 
 CACHE_DIR = Path(__file__).resolve().parent / "cache"
 
@@ -101,11 +102,26 @@ def _open(gen: Generator, images_u8: np.ndarray, config: InversionConfig,
     return gen, ident, path, read(path, ident)
 
 
+def codec_free(config: InversionConfig, codecs: np.ndarray | None) -> InversionConfig:
+    """The settings a set's losses are cached under: a mode that re-codes as JPEG, for a set
+    that was not saved as JPEG, computes the mode without the codec (its stage passes such
+    images unchanged: ``tests/test_jpeg.py`` checks that tone+jpeg's losses equal tone's bit
+    for bit, jpeg's equal off's to float rounding), so those sets share that mode's cache."""
+    if recodes(config.robust) and (codecs is None or not np.any(np.asarray(codecs)[:, 0] > 0.5)):
+        return config.replace(robust=without_codec(config.robust))
+    return config
+
+
 def record_keys(images_u8: np.ndarray, gen: Generator, config: InversionConfig,
-                classes: np.ndarray | None) -> list[str]:
+                classes: np.ndarray | None, codecs: np.ndarray | None = None) -> list[str]:
     """The cache key of each image: its content, plus its class when a conditional model
-    inverts it with its known class (the loss then depends on the class too)."""
+    inverts it with its known class (the loss then depends on the class too), plus its JPEG
+    tables when a robust mode re-codes with them."""
     shas = [image_sha(im) for im in images_u8]
+    if codecs is not None and recodes(config.robust):
+        shas = [s if spec[0] < 0.5 else
+                f"{s}:jpeg{hashlib.sha256(np.asarray(spec, np.float32).tobytes()).hexdigest()[:12]}"
+                for s, spec in zip(shas, codecs, strict=True)]
     if num_classes(gen) and config.class_rule == "known":
         if classes is None:
             raise ValueError(f"{gen.name} is conditional: the images' classes are needed")
@@ -122,8 +138,10 @@ def losses(
     root: Path | None = None,
     cached_only: bool = False,
     classes: np.ndarray | None = None,
+    codecs: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Best losses and steps run of ``images_u8`` (N, H, W, C) inverted on ``gen``.
+    """Best losses and steps run of ``images_u8`` (N, H, W, C) inverted on ``gen``
+    (``codecs``: the images' JPEG specs, for a robust mode that re-codes).
 
     ``gen`` is adapted to the images' shape; images already in the cache are not inverted.
     With ``cached_only``, missing images raise :class:`NotCached` instead. A conditional
@@ -132,8 +150,9 @@ def losses(
     (``"class_losses"``), read back by :func:`class_records`.
     """
     images_u8 = np.asarray(images_u8, np.uint8)
+    config = codec_free(config, codecs)
     gen, ident, path, done = _open(gen, images_u8, config, root)
-    shas = record_keys(images_u8, gen, config, classes)
+    shas = record_keys(images_u8, gen, config, classes, codecs)
     todo = [i for i, s in enumerate(shas) if s not in done]
     if todo and cached_only:
         raise NotCached(f"{label or 'a set'} on {gen.name}: {len(todo)} of {len(shas)} "
@@ -145,11 +164,12 @@ def losses(
         idx = todo[lo : lo + chunk]
         t_chunk = time.time()
         batch = images_u8[idx].astype(np.float32) / np.float32(255.0)
+        sub_codecs = None if codecs is None else np.asarray(codecs)[idx]
         if num_classes(gen):
             cls = None if classes is None else np.asarray(classes)[idx]
-            out = invert_by_class_rule(gen, batch, config, cls)
+            out = invert_by_class_rule(gen, batch, config, cls, codecs=sub_codecs)
         else:
-            out = ClassInversion(invert(gen, batch, config), None, None)
+            out = ClassInversion(invert(gen, batch, config, codecs=sub_codecs), None, None)
         res = out.result
         per_image = (time.time() - t_chunk) / len(idx)  # includes a first call's compile
         recs = [
@@ -173,27 +193,30 @@ def losses(
 
 
 def seconds(gen: Generator, images_u8: np.ndarray, config: InversionConfig,
-            classes: np.ndarray | None = None, root: Path | None = None) -> np.ndarray:
+            classes: np.ndarray | None = None, root: Path | None = None,
+            codecs: np.ndarray | None = None) -> np.ndarray:
     """Wall seconds each image's inversion took as recorded (its chunk's time per image,
     first-call compile included; NaN where a record has none)."""
-    recs = _records(gen, images_u8, config, classes, root)
+    recs = _records(gen, images_u8, config, classes, root, codecs)
     return np.array([np.nan if r is None else r.get("seconds", np.nan) for r in recs], np.float64)
 
 
 def _records(gen: Generator, images_u8: np.ndarray, config: InversionConfig,
-             classes: np.ndarray | None, root: Path | None) -> list[dict | None]:
+             classes: np.ndarray | None, root: Path | None,
+             codecs: np.ndarray | None = None) -> list[dict | None]:
     """The cache record of each image (None where it has none)."""
     images_u8 = np.asarray(images_u8, np.uint8)
+    config = codec_free(config, codecs)
     gen, _, _, done = _open(gen, images_u8, config, root)
-    return [done.get(s) for s in record_keys(images_u8, gen, config, classes)]
+    return [done.get(s) for s in record_keys(images_u8, gen, config, classes, codecs)]
 
 
 def class_records(gen: Generator, images_u8: np.ndarray, config: InversionConfig,
                   classes: np.ndarray | None = None, root: Path | None = None,
-                  ) -> tuple[np.ndarray, np.ndarray | None]:
+                  codecs: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """The class each cached image was judged with (``[N]``, -1 where none) and, under
     class rule "min", every class's loss (``[N, C]``; None otherwise)."""
-    recs = _records(gen, images_u8, config, classes, root)
+    recs = _records(gen, images_u8, config, classes, root, codecs)
     if any(r is None for r in recs):
         raise KeyError(f"{gen.name}: images without a cached record")
     winner = np.array([r.get("class", -1) for r in recs], np.int64)

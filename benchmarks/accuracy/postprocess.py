@@ -109,6 +109,33 @@ TRANSFORMS: dict[str, Transform] = {
 }
 
 
+# The transforms whose last step saves a JPEG, and its quality: their images are that file's
+# pixels, so robust mode's codec stage gets the file's tables (:func:`codec_specs`).
+JPEG_LAST = {"jpeg95": 95, "jpeg90": 90, "jpeg75": 75, "jpeg50": 50, "resize0.75+jpeg85": 85}
+
+
+def codec_specs(name: str, images_u8: np.ndarray) -> np.ndarray | None:
+    """Each image's JPEG spec after transform ``name`` (``[N, SPEC_SIZE]``), as an audit
+    reads it from the saved file; None when the transform does not end in a JPEG save."""
+    from ronan_jax.engine.jpeg import jpeg_spec
+    from ronan_jax.inputs.decode import jpeg_coding
+
+    if name not in JPEG_LAST:
+        return None
+    images_u8 = np.asarray(images_u8, np.uint8)
+    grey = images_u8.shape[-1] == 1
+    specs = []
+    for im in images_u8:
+        buf = io.BytesIO()
+        Image.fromarray(im[..., 0] if grey else im, "L" if grey else "RGB").save(
+            buf, format="JPEG", quality=JPEG_LAST[name])
+        with Image.open(io.BytesIO(buf.getvalue())) as saved:
+            saved.load()
+            coding = jpeg_coding(saved)
+        specs.append(jpeg_spec(coding.luma, coding.chroma, coding.sampling))
+    return np.stack(specs)
+
+
 def apply_transform(name: str, images_u8: np.ndarray) -> np.ndarray:
     """Images ``[N, H, W, C]`` uint8 (C 1 or 3) after the transform ``name``, uint8, same shape."""
     if name not in TRANSFORMS:

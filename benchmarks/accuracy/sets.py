@@ -165,6 +165,18 @@ def load_classes(spec: str, n: int) -> np.ndarray | None:
     raise ValueError(f"unknown image set {spec!r} (gen:MODEL:SEED, data:DATASET, 1977:SET, post:TRANSFORM:SET)")
 
 
+def load_codecs(spec: str, n: int) -> np.ndarray | None:
+    """Each image's JPEG spec (``[n, SPEC_SIZE]``) for a set whose last step saved a JPEG,
+    as an audit reads it from the file; None for any other set."""
+    kind, _, rest = spec.partition(":")
+    if kind != "post":
+        return None
+    from benchmarks.accuracy.postprocess import codec_specs
+
+    name, _, inner = rest.partition(":")
+    return codec_specs(name, load_set(inner, n))
+
+
 def load_set(spec: str, n: int) -> np.ndarray:
     """The first ``n`` images of the set named ``spec`` (module docstring), uint8 NHWC."""
     kind, _, rest = spec.partition(":")

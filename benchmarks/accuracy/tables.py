@@ -230,6 +230,12 @@ TABLES["post-tone"] = ("Post-processing: belonging images after one transform, r
     dataclasses.replace(row, label=f"{row.label}, robust tone", overrides=(("robust", "tone"),))
     for row in _post_rows()
 ])
+# The tone map and then the JPEG codec at each image's own tables (read from the saved file,
+# as an audit reads them); images that were not saved as JPEG pass the codec unchanged.
+TABLES["post-tone+jpeg"] = ("Post-processing: belonging images after one transform, robust tone+jpeg", [
+    dataclasses.replace(row, label=f"{row.label}, robust tone+jpeg", overrides=(("robust", "tone+jpeg"),))
+    for row in _post_rows()
+])
 
 
 def _mean_finite(values: np.ndarray) -> float | None:
@@ -285,20 +291,21 @@ def _model_losses(model: str, spec: str, images: np.ndarray, config: InversionCo
     """M's losses of a set, with the class each image was judged with (conditional M)."""
     gen = sets.load_model(model)
     classes = sets.load_classes(spec, n) if num_classes(gen) else None
+    codecs = sets.load_codecs(spec, n)
     loss, steps = cache.losses(gen, images, config, spec, log, root=root,
-                               cached_only=cached_only, classes=classes)
+                               cached_only=cached_only, classes=classes, codecs=codecs)
     out = {"loss": loss, "steps": steps,
-           "seconds": cache.seconds(gen, images, config, classes, root)}
+           "seconds": cache.seconds(gen, images, config, classes, root, codecs)}
     if not num_classes(gen):
         return out
-    winner, class_losses = cache.class_records(gen, images, config, classes, root)
+    winner, class_losses = cache.class_records(gen, images, config, classes, root, codecs)
     out.update(winner=winner, truth=classes if classes is not None else np.full(len(loss), -1))
     if screen is not None:
         s_steps, keep = screen
         s_config = config.replace(steps=s_steps)
         _, s_run = cache.losses(gen, images, s_config, f"{spec} (screen)", log, root=root,
-                                cached_only=cached_only, classes=classes)
-        _, s_losses = cache.class_records(gen, images, s_config, classes, root)
+                                cached_only=cached_only, classes=classes, codecs=codecs)
+        _, s_losses = cache.class_records(gen, images, s_config, classes, root, codecs)
         out["loss"], out["winner"] = screened(class_losses, s_losses, keep)
         out["steps"] = s_run + keep * config.steps * config.restarts
     return out
@@ -321,11 +328,14 @@ def calibrated(model: str, spec: str, config: InversionConfig, n: int, calibrate
     loss, steps = out["loss"], out["steps"]
     if calibrated_:
         ref = zoo.load(zoo.default_reference(model))
+        codecs = sets.load_codecs(spec, n)
         ref_loss, ref_steps = cache.losses(ref, images, config.replace(class_rule="known"),
-                                           spec, log, root=root, cached_only=cached_only)
+                                           spec, log, root=root, cached_only=cached_only,
+                                           codecs=codecs)
         with np.errstate(divide="ignore", invalid="ignore"):
             out["calibrated"] = loss / ref_loss
-        ref_seconds = cache.seconds(ref, images, config.replace(class_rule="known"), root=root)
+        ref_seconds = cache.seconds(ref, images, config.replace(class_rule="known"), root=root,
+                                    codecs=codecs)
         out.update(ref_loss=ref_loss, steps=steps + ref_steps, seconds=out["seconds"] + ref_seconds)
     else:
         out["calibrated"] = loss
@@ -488,11 +498,13 @@ def rechance(model: str, spec: str, d: dict[str, np.ndarray], level: float,
     ``d`` gains ``flagged``, ``first_calibrated`` and ``second_steps``."""
     flags = second_chance.flagged(d["loss"], d["calibrated"], level)
     images = sets.load_set(spec, n)[flags]
+    codecs = sets.load_codecs(spec, n)
     # 4 images x 32 restarts per call (a speed setting: results and cache key unchanged)
     loss2, steps2 = cache.losses(sets.load_model(model), images,
                                  config.second_pass().replace(max_batch=128),
                                  f"{spec} (second chance)", log, root=root,
-                                 cached_only=cached_only)
+                                 cached_only=cached_only,
+                                 codecs=None if codecs is None else codecs[flags])
     d["first_calibrated"] = d["calibrated"]
     d["loss"] = d["loss"].copy()
     d["loss"][flags] = second_chance.min_loss(d["loss"][flags], loss2)

@@ -76,7 +76,7 @@ def run_job(job: Job, cache_root: Path | None = None,
     classes = sets.load_classes(job.spec, job.n) if num_classes(gen) else None
     cache.losses(gen, images, job.config, job.spec,
                  log=lambda m: print(f"[core {core}]{m}", flush=True), root=cache_root,
-                 classes=classes)
+                 classes=classes, codecs=sets.load_codecs(job.spec, job.n))
     return str(job), time.time() - t0
 
 

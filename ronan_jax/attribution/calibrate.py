@@ -56,6 +56,7 @@ def calibrated_losses(
     stop_threshold: float | None = None,
     classes: np.ndarray | None = None,
     second_chance_level: float | None = None,
+    codecs: np.ndarray | None = None,
 ) -> CalibratedLosses:
     """Losses on the model and on the reference, their ratio (the model's loss alone when
     uncalibrated) and, for a conditional model, the class each image was inverted with.
@@ -77,20 +78,24 @@ def calibrated_losses(
     (same class rule and classes, same ``stop_below``), and each keeps the lower of its two
     losses (its input and reconstruction from the same pass). None: first pass only (a
     profile's images before its level is known).
+
+    ``codecs``: each image's JPEG spec for a robust mode that re-codes as JPEG, given to the
+    model's and the reference's inversions alike (and to the second pass).
     """
     check_class_inputs(model, config, classes, len(images))
     ref_res = None
     if reference is not None:
         ref = reference.for_shape(tuple(images.shape[1:]))
-        ref_res = invert(ref, images, config)
+        ref_res = invert(ref, images, config, codecs=codecs)
     stop_below = None
     if stop_threshold is not None:
         stop_below = stop_threshold * (1.0 if ref_res is None else ref_res.loss.astype(np.float64))
-    res, winning, _ = invert_by_class_rule(model, images, config, classes, stop_below)
+    res, winning, _ = invert_by_class_rule(model, images, config, classes, stop_below, codecs)
     ref_loss = None if ref_res is None else ref_res.loss
     out = CalibratedLosses(res.loss, ref_loss, calibrate(res.loss, ref_loss), res, ref_res, winning)
     if config.second_chance and second_chance_level is not None:
-        out = apply_second_chance(out, model, images, config, second_chance_level, classes, stop_below)
+        out = apply_second_chance(out, model, images, config, second_chance_level, classes, stop_below,
+                                  codecs)
     return out
 
 
@@ -102,6 +107,7 @@ def apply_second_chance(
     level: float,
     classes: np.ndarray | None = None,
     stop_below: np.ndarray | None = None,
+    codecs: np.ndarray | None = None,
 ) -> CalibratedLosses:
     """``first`` after the second chance: the images flagged at ``level``
     (:func:`~ronan_jax.attribution.second_chance.flagged`) inverted again on the model with
@@ -116,6 +122,7 @@ def apply_second_chance(
         model, np.asarray(images, np.float32)[idx], config.second_pass(),
         None if classes is None else np.asarray(classes)[idx],
         None if stop_below is None else np.asarray(stop_below)[idx],
+        None if codecs is None else np.asarray(codecs)[idx],
     )
     res = first.model_result
     best = second_chance.min_loss(res.loss[idx], sub.loss)

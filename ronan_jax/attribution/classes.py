@@ -79,17 +79,20 @@ def _expanded_invert(
     class_ids: np.ndarray,
     config: InversionConfig,
     stop_below: np.ndarray | None,
+    codecs: np.ndarray | None = None,
 ) -> InversionResult:
     """Invert image ``i`` once per class in ``class_ids[i]`` (``[B, K]``) in one engine call;
-    results come back ``[B * K]``, image-major. Every copy gets its image's PRNG key, so each
-    class's run equals inverting the image with that class alone."""
+    results come back ``[B * K]``, image-major. Every copy gets its image's PRNG key (and
+    JPEG spec), so each class's run equals inverting the image with that class alone."""
     b, k = class_ids.shape
     expanded = np.repeat(images, k, axis=0)
     conditions = generator.conditions_for_classes(class_ids.reshape(-1).astype(np.int32))
     stop = None
     if stop_below is not None:
         stop = np.repeat(np.broadcast_to(np.asarray(stop_below, np.float64), (b,)), k)
-    return invert(generator, expanded, config, conditions=conditions, stop_below=stop)
+    expanded_codecs = None if codecs is None else np.repeat(np.asarray(codecs), k, axis=0)
+    return invert(generator, expanded, config, conditions=conditions, stop_below=stop,
+                  codecs=expanded_codecs)
 
 
 def kept_classes(screen_losses: np.ndarray, keep: int) -> np.ndarray:
@@ -104,6 +107,7 @@ def min_over_classes(
     images: np.ndarray,
     config: InversionConfig,
     stop_below: np.ndarray | None = None,
+    codecs: np.ndarray | None = None,
 ) -> ClassInversion:
     """Invert each image once per class in one engine call and keep its best class.
 
@@ -125,16 +129,16 @@ def min_over_classes(
     every = np.tile(np.arange(c, dtype=np.int64), (b, 1))
     keep = min(config.class_screen_keep, c) if config.class_screen_steps else c
     if keep == c:
-        res = _expanded_invert(generator, images, every, config, stop_below)
+        res = _expanded_invert(generator, images, every, config, stop_below, codecs)
         losses, kept, steps = np.asarray(res.loss).reshape(b, c), every, 0
     else:
         screen_config = config.replace(
             steps=config.class_screen_steps, class_screen_steps=0, halving_at=(), plateau_window=0
         )
-        screen = _expanded_invert(generator, images, every, screen_config, stop_below)
+        screen = _expanded_invert(generator, images, every, screen_config, stop_below, codecs)
         losses = np.asarray(screen.loss, np.float64).reshape(b, c)
         kept = kept_classes(losses, keep)
-        res = _expanded_invert(generator, images, kept, config, stop_below)
+        res = _expanded_invert(generator, images, kept, config, stop_below, codecs)
         np.put_along_axis(losses, kept, np.asarray(res.loss, np.float64).reshape(b, keep), axis=1)
         losses = losses.astype(np.asarray(res.loss).dtype)
         steps = np.asarray(screen.steps_run).reshape(b, c, -1).sum(axis=1)
@@ -184,21 +188,25 @@ def invert_by_class_rule(
     config: InversionConfig,
     classes: np.ndarray | None = None,
     stop_below: np.ndarray | None = None,
+    codecs: np.ndarray | None = None,
 ) -> ClassInversion:
     """Invert ``images`` on ``generator`` choosing each image's class by ``config.class_rule``.
 
     Unconditional models are inverted exactly as by :func:`invert` (``classes`` must then be
-    None); "known" needs ``classes``; "min" ignores them."""
+    None); "known" needs ``classes``; "min" ignores them. ``codecs``: each image's JPEG spec
+    (see :func:`invert`)."""
     images = np.asarray(images, np.float32)
     check_class_inputs(generator, config, classes, images.shape[0])
     c = num_classes(generator)
     if c == 0:
-        return ClassInversion(invert(generator, images, config, stop_below=stop_below), None, None)
+        return ClassInversion(invert(generator, images, config, stop_below=stop_below, codecs=codecs), None, None)
     if config.class_rule == "min":
-        return min_over_classes(generator, images, config, stop_below)
+        return min_over_classes(generator, images, config, stop_below, codecs)
     if config.class_rule == "zero":
         cond = generator.conditions_for_classes(zero_condition(generator, images.shape[0]))
-        return ClassInversion(invert(generator, images, config, conditions=cond, stop_below=stop_below), None, None)
+        return ClassInversion(invert(generator, images, config, conditions=cond, stop_below=stop_below,
+                                      codecs=codecs), None, None)
     known = check_classes(generator, classes, images.shape[0])
-    res = invert(generator, images, config, conditions=generator.conditions_for_classes(known), stop_below=stop_below)
+    res = invert(generator, images, config, conditions=generator.conditions_for_classes(known), stop_below=stop_below,
+                 codecs=codecs)
     return ClassInversion(res, known.astype(np.int64), None)

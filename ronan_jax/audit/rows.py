@@ -24,6 +24,8 @@ from ronan_jax.audit.config import BatchWork
 from ronan_jax.audit.evidence import EvidenceBatch
 from ronan_jax.audit.plan import AuditPlan
 from ronan_jax.audit.sizing import BatchSizer, Piece, run_fitting
+from ronan_jax.engine.jpeg import SPEC_SIZE, identity_spec, jpeg_spec
+from ronan_jax.engine.robust import recodes
 from ronan_jax.inputs import Batch, Item
 from ronan_jax.results.store import utc_now
 from ronan_jax.results.telemetry import step_counts
@@ -169,16 +171,27 @@ def _no_class_row(item: Item) -> dict[str, Any]:
                      "(it is not in the classes file)"}
 
 
+def item_codecs(items: list[Item]) -> np.ndarray:
+    """Each image's JPEG spec for robust mode's codec stage (the identity for an image whose
+    pixels are not a JPEG file's own, :attr:`Item.jpeg`)."""
+    return np.stack([identity_spec() if item.jpeg is None else
+                     jpeg_spec(item.jpeg.luma, item.jpeg.chroma, item.jpeg.sampling)
+                     for item in items]) if items else np.zeros((0, SPEC_SIZE), np.float32)
+
+
 def _invert_fresh(
     items: list[Item], images: np.ndarray, classes: np.ndarray | None, plan: AuditPlan,
     sizer: BatchSizer, evidence: EvidenceBatch,
 ) -> tuple[list[tuple[int, dict[str, Any]]], BatchWork]:
-    """Rows and work of the images to invert (with their known classes), in calls that fit."""
+    """Rows and work of the images to invert (with their known classes and, in a robust
+    mode that re-codes as JPEG, their files' JPEG tables), in calls that fit."""
     started, t0 = utc_now(), time.perf_counter()
+    codecs = item_codecs(items) if recodes(plan.config.robust) else None
     pieces = run_fitting(
         lambda lo, hi, cfg: attribute(
             images[lo:hi], plan.model, plan.reference, plan.profile, cfg,
-            classes=None if classes is None else classes[lo:hi]),
+            classes=None if classes is None else classes[lo:hi],
+            codecs=None if codecs is None else codecs[lo:hi]),
         len(items), plan.config, sizer, fatal=(ProfileMismatchError,),
     )
     seconds = time.perf_counter() - t0

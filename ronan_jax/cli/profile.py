@@ -39,8 +39,10 @@ ROBUST_HELP = (
     "Invert through a post-processing family, for images that were filtered after the model "
     "made them: tone (a bounded global colour map: gain, channel mixing, offset, gamma) or "
     "tone+blur (and a bounded 3x3 blur/sharpen kernel), found jointly with the input on the "
-    "model and the reference alike. Off is the paper's method. Costs about as much as off per "
-    "step. Recorded in the profile; audits use it."
+    "model and the reference alike; jpeg re-codes the output with each audited JPEG file's own "
+    "quantisation tables (a file that is not a JPEG passes unchanged), tone+jpeg does both. "
+    "Off is the paper's method. Costs about as much as off per step. Recorded in the profile; "
+    "audits use it."
 )
 METRIC_NAMES = ("mse", "mae", "ssim")  # = ronan_jax.engine.metrics.METRICS names (checked in tests)
 

@@ -32,7 +32,7 @@ from ronan_jax.engine.program import (
     images_per_call,
     step_segments,
 )
-from ronan_jax.engine.robust import inversion_generator
+from ronan_jax.engine.robust import codec_table, inversion_generator, recodes
 from ronan_jax.engine.stopping import StoppingRules
 
 # default_max_batch lives in ronan_jax.engine.program; it is re-exported here for callers
@@ -69,6 +69,7 @@ def invert(
     conditions: Any = None,
     metric: Metric | None = None,
     stop_below: np.ndarray | None = None,
+    codecs: np.ndarray | None = None,
 ) -> InversionResult:
     """Reverse-engineer ``generator``'s input for every image: the input whose output is
     closest to the image (the paper's Eq. 1, min over z of the loss between G(z) and x).
@@ -82,6 +83,9 @@ def invert(
         stop_below: optional per-image loss thresholds: an image stops as soon as its best
             loss is below its threshold. Exact for threshold decisions: the best loss only
             falls with more steps, so "below the threshold" can never be undone.
+        codecs: optional per-image JPEG specs ``[B, SPEC_SIZE]``
+            (:func:`~ronan_jax.engine.jpeg.jpeg_spec`) for a robust mode that re-codes as
+            JPEG; None means no image was a JPEG file. Other modes ignore them.
 
     Returns per image the best loss, input and reconstruction, and per-restart losses and
     steps run. Images go through in chunks of :func:`images_per_call`; inside a chunk only
@@ -106,11 +110,13 @@ def invert(
             f"output {generator.output_shape}"
         )
     n = images.shape[0]
+    if conditions is None and generator.condition is not None:
+        conditions = generator.batched_condition(n)
+    if recodes(config.robust):
+        conditions = (conditions, codec_table(codecs, n))
     generator = inversion_generator(generator, config)  # robust mode: [z, phi] optimised
     if stop_below is not None:
         stop_below = np.broadcast_to(np.asarray(stop_below, np.float64), (n,))
-    if conditions is None and generator.condition is not None:
-        conditions = generator.batched_condition(n)
     program = compiled_program(generator, config, metric)
     mesh = data_mesh(config.devices)
     per_call = images_per_call(config, 1 if mesh is None else mesh.size, runs=program.runs)

@@ -19,6 +19,10 @@ and bounded (``tanh``), so that ``T`` cannot draw an image by itself:
 - ``tone+blur``: first a 3x3 kernel ``delta + s (B - delta)``, ``B`` the normalised binomial
   blur and ``s`` in +-:data:`SHARPEN_BOUND` (``s > 0`` blurs, ``s < 0`` sharpens: an unsharp
   mask), then the tone map. The kernel's weights sum to 1 for every ``s``.
+- ``jpeg`` and ``tone+jpeg``: (the tone map, then) the JPEG codec of each image's own file
+  (:mod:`ronan_jax.engine.jpeg`): no free parameters, its per-image quantisation tables
+  (``codecs``) join the model's condition, ``(condition, codecs)``; an image that was not
+  a JPEG file passes the stage unchanged. Last, because re-saving is the last thing done.
 
 The result setting is :attr:`~ronan_jax.engine.config.InversionConfig.robust`; profiles and
 rows record it and an audit in another mode is refused like any other setting.
@@ -36,9 +40,10 @@ import numpy as np
 
 from ronan_jax.engine.config import ROBUST_MODES, InversionConfig
 from ronan_jax.engine.generator import Encoder, Generator
+from ronan_jax.engine.jpeg import SPEC_SIZE, identity_spec, jpeg_roundtrip
 
-__all__ = ["ROBUST_MODES", "inversion_generator", "phi_size", "postprocess", "robust_generator",
-           "split_inputs"]
+__all__ = ["ROBUST_MODES", "codec_table", "inversion_generator", "phi_size", "postprocess",
+           "recodes", "robust_generator", "split_inputs", "without_codec"]
 
 MATRIX_BOUND = 0.5
 BIAS_BOUND = 0.3
@@ -54,13 +59,36 @@ def stage_names(mode: str) -> tuple[str, ...]:
     """The stages of ``mode``, in the order they are applied."""
     if mode not in ROBUST_MODES:
         raise ValueError(f"robust mode must be one of {ROBUST_MODES}, got {mode!r}")
-    return () if mode == "off" else {"tone": ("tone",), "tone+blur": ("blur", "tone")}[mode]
+    return {"off": (), "tone": ("tone",), "tone+blur": ("blur", "tone"), "jpeg": ("jpeg",),
+            "tone+jpeg": ("tone", "jpeg")}[mode]
+
+
+def recodes(mode: str) -> bool:
+    """Whether ``mode`` re-codes the output as JPEG (and so takes per-image ``codecs``)."""
+    return "jpeg" in stage_names(mode)
+
+
+def without_codec(mode: str) -> str:
+    """``mode`` less its JPEG stage: what it computes for an image that was not a JPEG file
+    (the stage passes such an image unchanged, so its losses are the same, bit for bit)."""
+    stages = tuple(s for s in stage_names(mode) if s != "jpeg")
+    return next(m for m in ROBUST_MODES if stage_names(m) == stages)
+
+
+def codec_table(codecs: Any, n: int) -> np.ndarray:
+    """Per-image JPEG specs ``[n, SPEC_SIZE]``: ``codecs`` checked, or all identity when None."""
+    if codecs is None:
+        return np.broadcast_to(identity_spec(), (n, SPEC_SIZE)).copy()
+    table = np.asarray(codecs, np.float32)
+    if table.shape != (n, SPEC_SIZE):
+        raise ValueError(f"codecs must be [{n}, {SPEC_SIZE}] (one JPEG spec per image), got {table.shape}")
+    return table
 
 
 def _stage_size(stage: str, channels: int) -> int:
     """Parameters of one stage: the tone map's C x C matrix, C offsets and C gammas; the
-    kernel's one blend weight."""
-    return channels * channels + 2 * channels if stage == "tone" else 1
+    kernel's one blend weight; none for the codec (its tables are the file's)."""
+    return {"tone": channels * channels + 2 * channels, "blur": 1, "jpeg": 0}[stage]
 
 
 def phi_size(mode: str, channels: int) -> int:
@@ -99,10 +127,16 @@ def apply_tone(images: jax.Array, raw: jax.Array) -> jax.Array:
     return jnp.clip(mapped, 1e-6, 1.0) ** gamma[:, None, None, :]
 
 
-def postprocess(mode: str, images: jax.Array, phi: jax.Array) -> jax.Array:
-    """``T_phi(images)``: the stages of ``mode`` with their parameters ``phi`` ``[N, P]``."""
+def postprocess(mode: str, images: jax.Array, phi: jax.Array, codecs: Any = None) -> jax.Array:
+    """``T_phi(images)``: the stages of ``mode`` with their parameters ``phi`` ``[N, P]``
+    and, for the codec, each image's JPEG spec ``codecs`` ``[N, SPEC_SIZE]`` (None: none
+    was a JPEG file)."""
     offset = 0
     for stage in stage_names(mode):
+        if stage == "jpeg":
+            table = codec_table(None, images.shape[0]) if codecs is None else codecs
+            images = jpeg_roundtrip(images, jnp.asarray(table))
+            continue
         n = _stage_size(stage, images.shape[-1])
         apply = apply_blur if stage == "blur" else apply_tone
         images = apply(images, phi[:, offset : offset + n])
@@ -123,9 +157,10 @@ class _RobustApply:
     def __call__(self, params: Any, inputs: jax.Array, condition: Any) -> jax.Array:
         k = math.prod(self.input_shape)
         z = inputs[:, :k].reshape((-1, *self.input_shape))
+        condition, codecs = condition if recodes(self.mode) else (condition, None)
         images = self.inner(params, z, condition)
         phi = inputs[:, k:].astype(images.dtype)
-        return postprocess(self.mode, images, phi)
+        return postprocess(self.mode, images, phi, codecs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,8 +184,11 @@ class _RobustEncode:
 
     inner: Any
     extra: int
+    recodes: bool = False
 
     def __call__(self, params: Any, images: jax.Array, condition: Any) -> jax.Array:
+        if self.recodes:
+            condition = condition[0]
         z = self.inner(params, images, condition)
         flat = z.reshape((z.shape[0], -1))
         return jnp.concatenate([flat, jnp.zeros((flat.shape[0], self.extra), flat.dtype)], axis=-1)
@@ -162,7 +200,9 @@ def robust_generator(generator: Generator, mode: str) -> Generator:
     Its input is ``[z flattened, phi]``; its prior draws ``z`` exactly as ``generator``'s
     (same key, same values) with ``phi = 0``; its encoder, if any, estimates ``z`` and starts
     ``phi`` at 0. Name, weights and parameter hash are ``generator``'s: the mode is a result
-    setting of the inversion, not a property of the model."""
+    setting of the inversion, not a property of the model. A mode that re-codes as JPEG
+    takes the condition ``(generator's condition, codecs [N, SPEC_SIZE])``; its fixed
+    condition is ``generator``'s with the identity spec."""
     if mode == "off":
         return generator
     shape = tuple(generator.input_shape)
@@ -170,9 +210,11 @@ def robust_generator(generator: Generator, mode: str) -> Generator:
     extra = phi_size(mode, channels)
     encoder = generator.encoder
     if encoder is not None:
-        encoder = _keep_hash(encoder, Encoder(_RobustEncode(encoder.apply_fn, extra),
+        encoder = _keep_hash(encoder, Encoder(_RobustEncode(encoder.apply_fn, extra, recodes(mode)),
                                               encoder.params, encoder.info))
+    condition = (generator.condition, identity_spec()) if recodes(mode) else generator.condition
     return _keep_hash(generator, generator.replace(
+        condition=condition,
         apply_fn=_RobustApply(generator.apply_fn, mode, shape, channels),
         input_shape=(math.prod(shape) + extra,),
         prior=_RobustPrior(generator.prior, shape, extra),

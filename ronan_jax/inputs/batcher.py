@@ -27,6 +27,7 @@ import numpy as np
 from ronan_jax.inputs.decode import (
     DEFAULT_MAX_PIXELS,
     ImageDecodeError,
+    JpegCoding,
     check_target,
     decode_image,
     sha256,
@@ -57,6 +58,7 @@ class Item:
     resized: bool = False
     error_kind: str | None = None
     error: str | None = None
+    jpeg: JpegCoding | None = None  # the file's JPEG coding, when its pixels are the array's
 
     @property
     def ok(self) -> bool:
@@ -141,6 +143,7 @@ def _decode_one(
         height=decoded.height,
         mode=decoded.original_mode,
         resized=decoded.resized,
+        jpeg=decoded.jpeg,
     )
     return item, decoded.array
 

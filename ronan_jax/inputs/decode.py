@@ -29,6 +29,7 @@ leaks out of `decode_image`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import threading
@@ -37,6 +38,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+_ORIENTATION = 0x0112  # the EXIF orientation tag
 
 DEFAULT_MAX_PIXELS = 64_000_000
 """Images whose header claims more pixels than this are refused as ``too-large``."""
@@ -115,17 +118,32 @@ class ImageDecodeError(ValueError):
 
 
 @dataclass(frozen=True)
+class JpegCoding:
+    """How a JPEG file's pixels were coded: its quantisation tables (64 entries each, in
+    row-major order) and chroma subsampling (0 for 4:4:4, 1 for 4:2:2, 2 for 4:2:0; 0 for
+    greyscale). Robust mode's JPEG stage re-codes a model's output with exactly these."""
+
+    luma: tuple[int, ...]
+    chroma: tuple[int, ...] | None
+    sampling: int
+
+
+@dataclass(frozen=True)
 class DecodedImage:
     """A decoded image and what it was before decoding.
 
     `original_size` is ``(width, height)`` (Pillow's order) after EXIF orientation;
-    `resized` says whether the pixels were resampled to the model size.
+    `resized` says whether the pixels were resampled to the model size. `jpeg` is the
+    file's JPEG coding when the array is that coding's output pixel for pixel (a greyscale
+    JPEG for a one-channel model, a YCbCr one for a colour model, neither resized nor
+    reoriented); None otherwise.
     """
 
     array: np.ndarray
     original_size: tuple[int, int]
     original_mode: str
     resized: bool
+    jpeg: JpegCoding | None = None
 
     @property
     def width(self) -> int:
@@ -219,16 +237,46 @@ def decode_image(
     except Exception as e:
         kind = "truncated" if _is_truncation(e) else "corrupt"
         raise ImageDecodeError(kind, _describe_failure(e), **header) from None
+    coding = jpeg_coding(im)
     try:
-        im = ImageOps.exif_transpose(im)
+        if im.getexif().get(_ORIENTATION, 1) != 1:
+            coding = None  # reoriented: the 8x8 block grid is no longer the file's
+        oriented = ImageOps.exif_transpose(im)
     except Exception:
-        pass  # unreadable EXIF: show the pixels as stored, as most viewers do
+        oriented = im  # unreadable EXIF: show the pixels as stored, as most viewers do
     try:
-        return image_to_array(im, target_hw, channels, resize)
+        out = image_to_array(oriented, target_hw, channels, resize)
+        matches = coding is not None and not out.resized and (
+            (channels == 1) == (coding.chroma is None))
+        return dataclasses.replace(out, jpeg=coding if matches else None)
     except ImageDecodeError:
         raise
     except Exception as e:  # e.g. a plugin failing late inside convert()
         raise ImageDecodeError("corrupt", _describe_failure(e), **header) from None
+
+
+def jpeg_coding(im: Image.Image) -> JpegCoding | None:
+    """The coding of a loaded JPEG in greyscale or YCbCr colour (None for any other file,
+    or for a JPEG whose tables Pillow cannot give or that stores RGB or CMYK directly)."""
+    if im.format != "JPEG" or im.mode not in ("L", "RGB"):
+        return None
+    tables = getattr(im, "quantization", None) or {}
+    try:
+        layers = [(int(h), int(v)) for _, h, v, _ in im.layer]
+        table_of = [int(t) for *_, t in im.layer]
+        luma = tuple(int(v) for v in tables[table_of[0]])
+        if im.mode == "L":
+            return JpegCoding(luma, None, 0) if len(luma) == 64 and min(luma) >= 1 else None
+        if im.info.get("adobe_transform", 1) == 0 or len(set(table_of[1:])) != 1:
+            return None  # RGB stored without the YCbCr transform, or unlike chroma tables
+        chroma = tuple(int(v) for v in tables[table_of[1]])
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+        return None
+    sampling = {((1, 1), (1, 1), (1, 1)): 0, ((2, 1), (1, 1), (1, 1)): 1,
+                ((2, 2), (1, 1), (1, 1)): 2}.get(tuple(layers))
+    if sampling is None or len(luma) != 64 or len(chroma) != 64 or min(luma + chroma) < 1:
+        return None
+    return JpegCoding(luma, chroma, sampling)
 
 
 def check_target(target_hw: tuple[int, int], channels: int) -> None:
