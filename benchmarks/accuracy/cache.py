@@ -164,12 +164,13 @@ def losses(
         idx = todo[lo : lo + chunk]
         t_chunk = time.time()
         batch = images_u8[idx].astype(np.float32) / np.float32(255.0)
-        sub_codecs = None if codecs is None else np.asarray(codecs)[idx]
+        # codecs only where a set has them, so a stand-in inverter needs no such argument
+        extra = {} if codecs is None else {"codecs": np.asarray(codecs)[idx]}
         if num_classes(gen):
             cls = None if classes is None else np.asarray(classes)[idx]
-            out = invert_by_class_rule(gen, batch, config, cls, codecs=sub_codecs)
+            out = invert_by_class_rule(gen, batch, config, cls, **extra)
         else:
-            out = ClassInversion(invert(gen, batch, config, codecs=sub_codecs), None, None)
+            out = ClassInversion(invert(gen, batch, config, **extra), None, None)
         res = out.result
         per_image = (time.time() - t_chunk) / len(idx)  # includes a first call's compile
         recs = [
