@@ -236,6 +236,12 @@ TABLES["post-tone+jpeg"] = ("Post-processing: belonging images after one transfo
     dataclasses.replace(row, label=f"{row.label}, robust tone+jpeg", overrides=(("robust", "tone+jpeg"),))
     for row in _post_rows()
 ])
+# Crops, blurs and resizes too (the resample stage), then the codec where a file was a JPEG.
+for _mode in ("tone+resample", "tone+resample+jpeg"):
+    TABLES[f"post-{_mode}"] = (f"Post-processing: belonging images after one transform, robust {_mode}", [
+        dataclasses.replace(row, label=f"{row.label}, robust {_mode}", overrides=(("robust", _mode),))
+        for row in _post_rows()
+    ])
 
 
 def _mean_finite(values: np.ndarray) -> float | None:

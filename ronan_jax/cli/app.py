@@ -41,7 +41,7 @@ REFERENCE_HELP = (
     "uncalibrated losses. Default: the model's documented default reference."
 )
 CLASS_RULES = ("known", "min", "zero")  # = ronan_jax.engine.config.CLASS_RULES (checked in tests)
-ROBUST_MODES = ("off", "tone", "tone+blur", "jpeg", "tone+jpeg")  # = ronan_jax.engine.config.ROBUST_MODES (checked in tests)
+ROBUST_MODES = ("off", "tone", "tone+blur", "jpeg", "tone+jpeg", "tone+resample", "tone+resample+jpeg")  # = ronan_jax.engine.config.ROBUST_MODES (checked in tests)
 CLASS_RULE_HELP = (
     "Class-conditional models: the class an image is inverted with. known: each image's class "
     "(from the profile's draw, --class or --classes-from); min: the class is unknown, the "

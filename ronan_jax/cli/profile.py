@@ -41,7 +41,10 @@ ROBUST_HELP = (
     "tone+blur (and a bounded 3x3 blur/sharpen kernel), found jointly with the input on the "
     "model and the reference alike; jpeg re-codes the output with each audited JPEG file's own "
     "quantisation tables (a file that is not a JPEG passes unchanged), tone+jpeg does both. "
-    "Off is the paper's method. Costs about as much as off per step. Recorded in the profile; "
+    "tone+resample adds a bounded crop-zoom, a 7-tap blur/sharpen and a resize down and back "
+    "(every size from 0.4x tried each step), for images that were cropped or resized; "
+    "tone+resample+jpeg re-codes last. Off is the paper's method. tone and jpeg cost about as "
+    "much as off per step; resample more on small models (see benchmarks/RESULTS.md). Recorded in the profile; "
     "audits use it."
 )
 METRIC_NAMES = ("mse", "mae", "ssim")  # = ronan_jax.engine.metrics.METRICS names (checked in tests)

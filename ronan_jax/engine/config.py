@@ -9,7 +9,7 @@ from typing import Any
 PRECISIONS = ("float32", "bfloat16")
 LOOPS = ("auto", "scan", "chunked")
 CLASS_RULES = ("known", "min", "zero")
-ROBUST_MODES = ("off", "tone", "tone+blur", "jpeg", "tone+jpeg")  # the families of engine.robust
+ROBUST_MODES = ("off", "tone", "tone+blur", "jpeg", "tone+jpeg", "tone+resample", "tone+resample+jpeg")  # the families of engine.robust
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,9 +69,10 @@ class InversionConfig:
     generator's identity (``encoder_hash``).
 
     ``robust``: invert through a post-processing family ("off", the paper's method, by
-    default; "tone", "tone+blur", "jpeg", "tone+jpeg"): the input and a few bounded filter
-    parameters are found jointly, on the model and the reference alike, and the "jpeg"
-    modes re-code the output with each image's own JPEG tables (the ``codecs`` of
+    default; "tone", "tone+blur", "jpeg", "tone+jpeg", "tone+resample",
+    "tone+resample+jpeg"): the input and a few bounded filter parameters are found jointly,
+    on the model and the reference alike; "resample" also crops, filters and tries every
+    downscale-and-back size, and the "jpeg" modes re-code the output with each image's own JPEG tables (the ``codecs`` of
     :func:`~ronan_jax.engine.invert.invert`; :mod:`ronan_jax.engine.robust`). A result
     setting, recorded when on.
     """

@@ -32,7 +32,7 @@ from ronan_jax.engine.program import (
     images_per_call,
     step_segments,
 )
-from ronan_jax.engine.robust import codec_table, inversion_generator, recodes
+from ronan_jax.engine.robust import inversion_generator, robust_condition
 from ronan_jax.engine.stopping import StoppingRules
 
 # default_max_batch lives in ronan_jax.engine.program; it is re-exported here for callers
@@ -112,8 +112,7 @@ def invert(
     n = images.shape[0]
     if conditions is None and generator.condition is not None:
         conditions = generator.batched_condition(n)
-    if recodes(config.robust):
-        conditions = (conditions, codec_table(codecs, n))
+    conditions = robust_condition(config.robust, conditions, n, codecs, images)
     generator = inversion_generator(generator, config)  # robust mode: [z, phi] optimised
     if stop_below is not None:
         stop_below = np.broadcast_to(np.asarray(stop_below, np.float64), (n,))

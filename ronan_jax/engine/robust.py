@@ -19,6 +19,12 @@ and bounded (``tanh``), so that ``T`` cannot draw an image by itself:
 - ``tone+blur``: first a 3x3 kernel ``delta + s (B - delta)``, ``B`` the normalised binomial
   blur and ``s`` in +-:data:`SHARPEN_BOUND` (``s > 0`` blurs, ``s < 0`` sharpens: an unsharp
   mask), then the tone map. The kernel's weights sum to 1 for every ``s``.
+- ``tone+resample``: the tone map, then a bounded zoom about the centre and shift (a crop
+  of up to ~14 % resized back), a symmetric 7-tap kernel (blur or sharpen) and a
+  Lanczos-down/bicubic-up resize (:mod:`ronan_jax.engine.resample`). The resize's size is
+  discrete, so every size from 0.4x up is tried in every step and the one closest to the
+  image is kept (the identity wins ties): the stage takes the images being inverted as
+  part of its condition. ``tone+resample+jpeg`` adds the codec last.
 - ``jpeg`` and ``tone+jpeg``: (the tone map, then) the JPEG codec of each image's own file
   (:mod:`ronan_jax.engine.jpeg`): no free parameters, its per-image quantisation tables
   (``codecs``) join the model's condition, ``(condition, codecs)``; an image that was not
@@ -31,6 +37,7 @@ rows record it and an audit in another mode is refused like any other setting.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -41,14 +48,27 @@ import numpy as np
 from ronan_jax.engine.config import ROBUST_MODES, InversionConfig
 from ronan_jax.engine.generator import Encoder, Generator
 from ronan_jax.engine.jpeg import SPEC_SIZE, identity_spec, jpeg_roundtrip
+from ronan_jax.engine.resample import (
+    apply_along,
+    downup_matrices,
+    downup_sizes,
+    taps_matrix,
+    zoom_matrix,
+)
 
 __all__ = ["ROBUST_MODES", "codec_table", "inversion_generator", "phi_size", "postprocess",
-           "recodes", "robust_generator", "split_inputs", "without_codec"]
+           "recodes", "resamples", "robust_condition", "robust_generator", "split_inputs",
+           "without_codec"]
 
 MATRIX_BOUND = 0.5
 BIAS_BOUND = 0.3
 GAMMA_LOG_BOUND = 0.5
 SHARPEN_BOUND = 1.0
+ZOOM_LOG_BOUND = 0.15  # zoom in exp(+-0.15): crops of up to ~14 % of a side
+SHIFT_BOUND = 0.03  # shift up to 3 % of a side
+TAPS_BOUND = 0.2  # each of the kernel's 3 side taps
+RESAMPLE_TAPS = 3
+RESAMPLE_RATE = 0.1  # the resample stage's parameters move this much slower than z and tone
 
 _BLUR = np.outer([1.0, 2.0, 1.0], [1.0, 2.0, 1.0]) / 16.0
 _DELTA = np.zeros((3, 3))
@@ -60,12 +80,19 @@ def stage_names(mode: str) -> tuple[str, ...]:
     if mode not in ROBUST_MODES:
         raise ValueError(f"robust mode must be one of {ROBUST_MODES}, got {mode!r}")
     return {"off": (), "tone": ("tone",), "tone+blur": ("blur", "tone"), "jpeg": ("jpeg",),
-            "tone+jpeg": ("tone", "jpeg")}[mode]
+            "tone+jpeg": ("tone", "jpeg"), "tone+resample": ("tone", "resample"),
+            "tone+resample+jpeg": ("tone", "resample", "jpeg")}[mode]
 
 
 def recodes(mode: str) -> bool:
     """Whether ``mode`` re-codes the output as JPEG (and so takes per-image ``codecs``)."""
     return "jpeg" in stage_names(mode)
+
+
+def resamples(mode: str) -> bool:
+    """Whether ``mode`` has the resample stage (which takes each image's target pixels, to
+    pick the downscale size that explains it best)."""
+    return "resample" in stage_names(mode)
 
 
 def without_codec(mode: str) -> str:
@@ -88,7 +115,8 @@ def codec_table(codecs: Any, n: int) -> np.ndarray:
 def _stage_size(stage: str, channels: int) -> int:
     """Parameters of one stage: the tone map's C x C matrix, C offsets and C gammas; the
     kernel's one blend weight; none for the codec (its tables are the file's)."""
-    return {"tone": channels * channels + 2 * channels, "blur": 1, "jpeg": 0}[stage]
+    return {"tone": channels * channels + 2 * channels, "blur": 1, "jpeg": 0,
+            "resample": 3 + RESAMPLE_TAPS}[stage]
 
 
 def phi_size(mode: str, channels: int) -> int:
@@ -127,10 +155,82 @@ def apply_tone(images: jax.Array, raw: jax.Array) -> jax.Array:
     return jnp.clip(mapped, 1e-6, 1.0) ** gamma[:, None, None, :]
 
 
-def postprocess(mode: str, images: jax.Array, phi: jax.Array, codecs: Any = None) -> jax.Array:
-    """``T_phi(images)``: the stages of ``mode`` with their parameters ``phi`` ``[N, P]``
-    and, for the codec, each image's JPEG spec ``codecs`` ``[N, SPEC_SIZE]`` (None: none
-    was a JPEG file)."""
+@functools.lru_cache(maxsize=16)
+def _downup_stack(h: int, w: int) -> tuple[np.ndarray, ...]:
+    """The identity and every :func:`downup_sizes` hypothesis, as stacked per-axis matrices
+    ``[K, n, n]``: (down along width, down along height, up along width, up along height)."""
+    eye_h, eye_w = np.eye(h, dtype=np.float32), np.eye(w, dtype=np.float32)
+    mats: list[list[np.ndarray]] = [[eye_w], [eye_h], [eye_w], [eye_h]]
+    for mh, mw in downup_sizes(h, w):
+        with jax.ensure_compile_time_eval():  # constants, even when called under a trace
+            dw, uw = downup_matrices(w, mw)
+            dh, uh = downup_matrices(h, mh)
+        for out, m in zip(mats, (dw, dh, uw, uh), strict=True):
+            out.append(np.asarray(m, np.float32))
+    return tuple(np.stack(m) for m in mats)
+
+
+def apply_resample(images: jax.Array, raw: jax.Array, targets: jax.Array | None,
+                   resize_cost: jax.Array | None = None) -> jax.Array:
+    """Images ``[N, H, W, C]`` zoomed/shifted and filtered by each one's ``raw`` ``[N, 6]``
+    (log zoom, shift y, shift x, 3 kernel taps), then downscaled and upscaled back at the
+    size, of the identity and every :func:`~ronan_jax.engine.resample.downup_sizes`
+    hypothesis that best explains each one's ``targets``: the smallest misfit plus the
+    change that resizing the target itself at that size makes (an image upscaled from a
+    size barely changes; a sharp one changes a lot, so a blurring size cannot win on a sharp
+    image just because a blurred fit is easier early in the descent; the identity costs 0
+    and wins ties). All sizes are computed each step; the choice is not differentiated,
+    the chosen image is. ``targets`` None: no downscale. ``resize_cost``: the targets'
+    :func:`resize_costs`, when computed once already."""
+    _, h, w, _ = images.shape
+    raw = RESAMPLE_RATE * raw  # geometry and kernel settle slowly: early z gradients are noisy
+    zoom = jnp.exp(ZOOM_LOG_BOUND * jnp.tanh(raw[:, 0]))
+    shift_y = SHIFT_BOUND * h * jnp.tanh(raw[:, 1])
+    shift_x = SHIFT_BOUND * w * jnp.tanh(raw[:, 2])
+    taps = TAPS_BOUND * jnp.tanh(raw[:, 3 : 3 + RESAMPLE_TAPS])
+    along_w = jax.vmap(lambda z, t, k: taps_matrix(w, k) @ zoom_matrix(w, z, t))(zoom, shift_x, taps)
+    along_h = jax.vmap(lambda z, t, k: taps_matrix(h, k) @ zoom_matrix(h, z, t))(zoom, shift_y, taps)
+    images = apply_along(apply_along(images, along_w, 2), along_h, 1)  # Pillow: width first
+    if targets is None:
+        return images
+    stack = tuple(jnp.asarray(m, images.dtype) for m in _downup_stack(h, w))
+    x = _downup_all(images, stack)  # [N, K, H, W, C]
+    targets = jax.lax.stop_gradient(targets.astype(x.dtype))
+    misfit = jnp.mean((x - targets[:, None]) ** 2, axis=(2, 3, 4))
+    if resize_cost is None:
+        resize_cost = resize_costs(targets)
+    best = jax.lax.stop_gradient(jnp.argmin(misfit + resize_cost, axis=1))
+    return jnp.take_along_axis(x, best[:, None, None, None, None], axis=1)[:, 0]
+
+
+def _downup_all(images: jax.Array, stack: tuple[jax.Array, ...]) -> jax.Array:
+    """``[N, K, H, W, C]``: images resized down and back at each size of ``stack`` (Pillow's
+    passes: width, then height, each clipped to [0, 1] like 8 bits)."""
+    down_w, down_h, up_w, up_h = stack
+    x = jnp.clip(jnp.einsum("kvw,nhwc->nkhvc", down_w, images), 0.0, 1.0)
+    x = jnp.clip(jnp.einsum("kuh,nkhvc->nkuvc", down_h, x), 0.0, 1.0)
+    x = jnp.clip(jnp.einsum("kvw,nkhwc->nkhvc", up_w, x), 0.0, 1.0)
+    return jnp.clip(jnp.einsum("kuh,nkhvc->nkuvc", up_h, x), 0.0, 1.0)
+
+
+def resize_costs(targets: jax.Array) -> jax.Array:
+    """``[N, K]``: the mean squared change each target ``[N, H, W, C]`` undergoes when resized
+    down and back at each of the resample stage's sizes (the identity first: 0)."""
+    _, h, w, _ = targets.shape
+    targets = jnp.asarray(targets, jnp.float32)
+    stack = tuple(jnp.asarray(m) for m in _downup_stack(h, w))
+    return jnp.mean((_downup_all(targets, stack) - targets[:, None]) ** 2, axis=(2, 3, 4))
+
+
+_resize_costs_jit = jax.jit(resize_costs)
+
+
+def postprocess(mode: str, images: jax.Array, phi: jax.Array, codecs: Any = None,
+                targets: Any = None, resize_cost: Any = None) -> jax.Array:
+    """``T_phi(images)``: the stages of ``mode`` with their parameters ``phi`` ``[N, P]``;
+    for the codec, each image's JPEG spec ``codecs`` ``[N, SPEC_SIZE]`` (None: none was a
+    JPEG file); for the resample stage, the images being inverted ``targets`` (None: no
+    downscale is tried) and optionally their :func:`resize_costs`."""
     offset = 0
     for stage in stage_names(mode):
         if stage == "jpeg":
@@ -138,10 +238,44 @@ def postprocess(mode: str, images: jax.Array, phi: jax.Array, codecs: Any = None
             images = jpeg_roundtrip(images, jnp.asarray(table))
             continue
         n = _stage_size(stage, images.shape[-1])
-        apply = apply_blur if stage == "blur" else apply_tone
-        images = apply(images, phi[:, offset : offset + n])
+        part = phi[:, offset : offset + n]
+        if stage == "resample":
+            images = apply_resample(images, part, targets, resize_cost)
+        else:
+            images = (apply_blur if stage == "blur" else apply_tone)(images, part)
         offset += n
     return images
+
+
+def robust_condition(mode: str, condition: Any, n: int, codecs: Any = None,
+                     targets: Any = None) -> Any:
+    """The per-image condition of ``mode``'s wrapped generator for ``n`` images: the model's
+    own ``condition``, with each image's JPEG spec when the mode re-codes and its target
+    pixels and their :func:`resize_costs` when it resamples (a dict then; the bare condition
+    otherwise)."""
+    if not (recodes(mode) or resamples(mode)):
+        return condition
+    out = {"inner": condition}
+    if recodes(mode):
+        out["codecs"] = codec_table(codecs, n)
+    if resamples(mode):
+        if targets is None or np.shape(targets)[0] != n:
+            raise ValueError(f"robust mode {mode!r} needs the {n} target images")
+        out["targets"] = np.asarray(targets, np.float32)
+        # once, not per step; a few images at a time (each holds every size's resized copy)
+        out["resize_cost"] = np.concatenate(
+            [np.asarray(_resize_costs_jit(out["targets"][i : i + 16])) for i in range(0, n, 16)]
+            or [np.zeros((0, len(downup_sizes(*np.shape(targets)[1:3])) + 1), np.float32)])
+    return out
+
+
+def _split_condition(mode: str, condition: Any) -> tuple[Any, Any, Any, Any]:
+    """``(model's condition, codecs, targets, resize_cost)`` of a robust condition (None
+    where the mode or the condition has none)."""
+    if not (recodes(mode) or resamples(mode)):
+        return condition, None, None, None
+    return (condition["inner"], condition.get("codecs"), condition.get("targets"),
+            condition.get("resize_cost"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,10 +291,10 @@ class _RobustApply:
     def __call__(self, params: Any, inputs: jax.Array, condition: Any) -> jax.Array:
         k = math.prod(self.input_shape)
         z = inputs[:, :k].reshape((-1, *self.input_shape))
-        condition, codecs = condition if recodes(self.mode) else (condition, None)
+        condition, codecs, targets, resize_cost = _split_condition(self.mode, condition)
         images = self.inner(params, z, condition)
         phi = inputs[:, k:].astype(images.dtype)
-        return postprocess(self.mode, images, phi, codecs)
+        return postprocess(self.mode, images, phi, codecs, targets, resize_cost)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,11 +318,10 @@ class _RobustEncode:
 
     inner: Any
     extra: int
-    recodes: bool = False
+    mode: str = "tone"
 
     def __call__(self, params: Any, images: jax.Array, condition: Any) -> jax.Array:
-        if self.recodes:
-            condition = condition[0]
+        condition = _split_condition(self.mode, condition)[0]
         z = self.inner(params, images, condition)
         flat = z.reshape((z.shape[0], -1))
         return jnp.concatenate([flat, jnp.zeros((flat.shape[0], self.extra), flat.dtype)], axis=-1)
@@ -201,8 +334,8 @@ def robust_generator(generator: Generator, mode: str) -> Generator:
     (same key, same values) with ``phi = 0``; its encoder, if any, estimates ``z`` and starts
     ``phi`` at 0. Name, weights and parameter hash are ``generator``'s: the mode is a result
     setting of the inversion, not a property of the model. A mode that re-codes as JPEG
-    takes the condition ``(generator's condition, codecs [N, SPEC_SIZE])``; its fixed
-    condition is ``generator``'s with the identity spec."""
+    or resamples takes the condition :func:`robust_condition` makes; its fixed condition is
+    ``generator``'s with the identity spec and no target (no downscale tried)."""
     if mode == "off":
         return generator
     shape = tuple(generator.input_shape)
@@ -210,9 +343,13 @@ def robust_generator(generator: Generator, mode: str) -> Generator:
     extra = phi_size(mode, channels)
     encoder = generator.encoder
     if encoder is not None:
-        encoder = _keep_hash(encoder, Encoder(_RobustEncode(encoder.apply_fn, extra, recodes(mode)),
+        encoder = _keep_hash(encoder, Encoder(_RobustEncode(encoder.apply_fn, extra, mode),
                                               encoder.params, encoder.info))
-    condition = (generator.condition, identity_spec()) if recodes(mode) else generator.condition
+    condition = generator.condition
+    if recodes(mode) or resamples(mode):  # no target: the resample stage tries no downscale
+        condition = {"inner": condition}
+        if recodes(mode):
+            condition["codecs"] = identity_spec()
     return _keep_hash(generator, generator.replace(
         condition=condition,
         apply_fn=_RobustApply(generator.apply_fn, mode, shape, channels),
