@@ -22,9 +22,9 @@ and bounded (``tanh``), so that ``T`` cannot draw an image by itself:
 - ``tone+resample``: the tone map, then a bounded zoom about the centre and shift (a crop
   of up to ~14 % resized back), a symmetric 7-tap kernel (blur or sharpen) and a
   Lanczos-down/bicubic-up resize (:mod:`ronan_jax.engine.resample`). The resize's size is
-  discrete, so every size from 0.4x up is tried in every step and the one closest to the
-  image is kept (the identity wins ties): the stage takes the images being inverted as
-  part of its condition. ``tone+resample+jpeg`` adds the codec last.
+  discrete, so every size from 0.4x up is tried in every step and the one that best
+  explains the image is kept (:func:`apply_resample`; the identity wins ties): the stage
+  takes the images being inverted as part of its condition. ``tone+resample+jpeg`` adds the codec last.
 - ``jpeg`` and ``tone+jpeg``: (the tone map, then) the JPEG codec of each image's own file
   (:mod:`ronan_jax.engine.jpeg`): no free parameters, its per-image quantisation tables
   (``codecs``) join the model's condition, ``(condition, codecs)``; an image that was not
