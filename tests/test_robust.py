@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from robust_helpers import adam_fit
 
 from ronan_jax.attribution import grubbs
 from ronan_jax.attribution.profile import ProfileMismatchError, check_compatible, quantize_8bit
@@ -121,16 +122,7 @@ def test_the_filter_family_alone_cannot_fit_a_real_image(zoo):
     def loss(p):
         return jnp.mean((postprocess("tone+blur", drawn, p) - real) ** 2, axis=(1, 2, 3))
 
-    @jax.jit
-    def step(p, m, v, t):  # Adam, lr 0.1, as the engine's
-        g = jax.grad(lambda q: loss(q).sum())(p)
-        m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
-        mhat, vhat = m / (1 - 0.9**t), v / (1 - 0.999**t)
-        return p - 0.1 * mhat / (jnp.sqrt(vhat) + 1e-8), m, v
-
-    m = v = jnp.zeros_like(phi)
-    for t in range(1, 301):
-        phi, m, v = step(phi, m, v, jnp.float32(t))
+    phi = adam_fit(loss, phi)
     fitted = np.asarray(loss(phi))
     inverted = np.asarray(invert(model, belonging[:2], InversionConfig(steps=STEPS, restarts=RESTARTS, robust="tone+blur")).loss)
     assert fitted.min() > 20 * inverted.max(), (fitted, inverted)  # far from belonging level
