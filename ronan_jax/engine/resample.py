@@ -86,12 +86,11 @@ def taps_matrix(n: int, taps: jax.Array) -> jax.Array:
     return out.at[jnp.arange(n)[:, None], src].add(jnp.broadcast_to(kernel, src.shape))
 
 
-def apply_along(images: jax.Array, matrices: jax.Array, axis: int, clip: bool = True) -> jax.Array:
+def apply_along(images: jax.Array, matrices: jax.Array, axis: int) -> jax.Array:
     """Images ``[N, H, W, C]`` with each one's matrix ``[N, out, in]`` applied along ``axis``
     (1: height, 2: width), clipped to [0, 1] like an 8-bit pass."""
     spec = "noh,nhwc->nowc" if axis == 1 else "now,nhwc->nhoc"
-    out = jnp.einsum(spec, matrices.astype(images.dtype), images)
-    return jnp.clip(out, 0.0, 1.0) if clip else out
+    return jnp.clip(jnp.einsum(spec, matrices.astype(images.dtype), images), 0.0, 1.0)
 
 
 def downup_sizes(height: int, width: int) -> tuple[tuple[int, int], ...]:

@@ -95,6 +95,11 @@ def resamples(mode: str) -> bool:
     return "resample" in stage_names(mode)
 
 
+def _per_image(mode: str) -> bool:
+    """Whether ``mode``'s condition carries per-image data (codecs, targets) beside the model's."""
+    return recodes(mode) or resamples(mode)
+
+
 def without_codec(mode: str) -> str:
     """``mode`` less its JPEG stage: what it computes for an image that was not a JPEG file
     (the stage passes such an image unchanged, so its losses are the same, bit for bit)."""
@@ -253,7 +258,7 @@ def robust_condition(mode: str, condition: Any, n: int, codecs: Any = None,
     own ``condition``, with each image's JPEG spec when the mode re-codes and its target
     pixels and their :func:`resize_costs` when it resamples (a dict then; the bare condition
     otherwise)."""
-    if not (recodes(mode) or resamples(mode)):
+    if not _per_image(mode):
         return condition
     out = {"inner": condition}
     if recodes(mode):
@@ -272,7 +277,7 @@ def robust_condition(mode: str, condition: Any, n: int, codecs: Any = None,
 def _split_condition(mode: str, condition: Any) -> tuple[Any, Any, Any, Any]:
     """``(model's condition, codecs, targets, resize_cost)`` of a robust condition (None
     where the mode or the condition has none)."""
-    if not (recodes(mode) or resamples(mode)):
+    if not _per_image(mode):
         return condition, None, None, None
     return (condition["inner"], condition.get("codecs"), condition.get("targets"),
             condition.get("resize_cost"))
@@ -346,7 +351,7 @@ def robust_generator(generator: Generator, mode: str) -> Generator:
         encoder = _keep_hash(encoder, Encoder(_RobustEncode(encoder.apply_fn, extra, mode),
                                               encoder.params, encoder.info))
     condition = generator.condition
-    if recodes(mode) or resamples(mode):  # no target: the resample stage tries no downscale
+    if _per_image(mode):  # no target: the resample stage tries no downscale
         condition = {"inner": condition}
         if recodes(mode):
             condition["codecs"] = identity_spec()
