@@ -73,6 +73,21 @@ def test_photo_patches_are_deterministic_32x32_colour():
     assert len(data.photo_patches("train")) > 5000
 
 
+def test_64px_patches_are_cut_from_the_same_photos_at_twice_the_size():
+    held = data.dataset("photo64-heldout")
+    assert held.images.shape[1:] == (64, 64, 3) and held.images.dtype == np.float32
+    assert len(held.images) > 100 and len(data.dataset("photo64-train").images) > 1000
+    assert (data.patch_contrast(held.images) >= data.PATCH_MIN_STD).all()
+    assert "64x64" in held.description and "grid stride 32" in held.description
+    # a 64x64 patch is a window of its photo on the 32-pixel grid
+    img = data.photos()["chelsea"].astype(np.float32) / np.float32(255.0)
+    first = data.photo_patches_of("chelsea", 64)[0]
+    grid = [(y, x) for y in range(0, img.shape[0] - 63, 32) for x in range(0, img.shape[1] - 63, 32)]
+    assert any(np.array_equal(first, img[y:y + 64, x:x + 64]) for y, x in grid)
+    with pytest.raises(ValueError, match="patch size"):
+        data.photo_patches_of("chelsea", 48)
+
+
 def test_named_datasets_carry_description_and_licence():
     ds = data.dataset("mnist-overlap-0.5")
     assert ds.images.shape == (2000, 32, 32, 1)

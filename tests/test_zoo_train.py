@@ -64,6 +64,28 @@ def test_existing_output_is_kept_unless_overwrite(tmp_path):
     assert (out / "keep.txt").read_text() == "mine"
 
 
+def test_a_model_outside_the_zoo_trains_from_its_own_entry_and_recipe(tmp_path):
+    import dataclasses
+
+    from ronan_jax.models.checkpoint import read_card
+    from ronan_jax.models.dcgan import DCGANConfig
+    from ronan_jax.zoo.registry import ZooModel
+
+    entry = ZooModel("tiny-photo64", "a 64x64 DCGAN outside the zoo", "dcgan",
+                     DCGANConfig(nz=8, ngf=4, ndf=4, nc=3, depth=5), "photo64-train", (64, 64, 3))
+    recipe = dataclasses.replace(zoo_train.RECIPES["dcgan-photo"], steps=2)
+    card = zoo_train.train("tiny-photo64", out=tmp_path / "m", subset=8, progress=False,
+                           entry=entry, recipe=recipe, command="made by this test")
+    assert load_generator(tmp_path / "m", name="tiny-photo64").output_shape == (64, 64, 3)
+    assert read_card(tmp_path / "m") == card
+    assert card["training"]["command"] == "made by this test"
+    assert card["training"]["data"] == "photo64-train" and card["training"]["steps"] == 2
+    with pytest.raises(ValueError, match="together"):
+        zoo_train.train("tiny-photo64", out=tmp_path / "n", entry=entry)
+    with pytest.raises(ValueError, match="not in the zoo"):
+        zoo_train.train("tiny-photo64", entry=entry, recipe=recipe)
+
+
 def test_unknown_model_and_bad_steps_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="unknown zoo model"):
         zoo_train.train("nope", out=tmp_path / "x")

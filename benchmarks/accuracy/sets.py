@@ -18,9 +18,12 @@ A set is named by a spec string:
 
 MODEL is a zoo name or a benchmark-only model (:func:`load_model`): ``dcgan-mnist-overlap-P``
 is a DCGAN with ``dcgan-mnist``'s recipe trained (seed 1) on the 2,000 digits of
-``mnist-overlap-P``, i.e. sharing a fraction P of ``dcgan-mnist``'s training data. Those are
-trained on first use and kept under ``benchmarks/accuracy/models/`` (outside the package;
-committed once trained, since the cached losses are keyed by their weights).
+``mnist-overlap-P``, i.e. sharing a fraction P of ``dcgan-mnist``'s training data;
+``dcgan-photo64`` is a 64x64 colour DCGAN (one more upsampling block than ``dcgan-photo``)
+trained with the zoo's GAN trainer on the 64x64 patches of ``dcgan-photo``'s photos
+(``photo64-train``), calibrated by ``ref-photo`` at 64x64. Those are trained on first use and
+kept under ``benchmarks/accuracy/models/`` (outside the package; committed once trained,
+since the cached losses are keyed by their weights).
 """
 
 from __future__ import annotations
@@ -37,11 +40,24 @@ from ronan_jax.attribution.build import profile_classes, profile_images
 from ronan_jax.attribution.profile import quantize_8bit
 from ronan_jax.engine.generator import Generator
 from ronan_jax.models.checkpoint import CARD_FILE, load_generator
+from ronan_jax.models.dcgan import DCGANConfig
+from ronan_jax.zoo.registry import ZooModel
+from ronan_jax.zoo.train import TrainRecipe
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 IMAGES_DIR = Path(__file__).resolve().parent / "images"  # generated sets (committed)
 OVERLAP_PREFIX = "dcgan-mnist-overlap-"
 OVERLAP_SEED = 1
+
+# Benchmark-only models outside the overlap family: their zoo-style entry and recipe.
+PHOTO64 = ZooModel(
+    "dcgan-photo64",
+    "DCGAN (ngf=16, 100-d latent, depth 5) on 64x64 colour photo patches (benchmark-only)",
+    "dcgan", DCGANConfig(nz=100, ngf=16, ndf=16, nc=3, depth=5), "photo64-train", (64, 64, 3))
+EXTRA_MODELS: dict[str, tuple[ZooModel, TrainRecipe]] = {
+    PHOTO64.name: (PHOTO64, TrainRecipe("gan", steps=3000, batch_size=32, lr=2e-4, b1=0.5)),
+}
+EXTRA_SEED = 0
 
 
 def to_u8(images: np.ndarray) -> np.ndarray:
@@ -50,10 +66,9 @@ def to_u8(images: np.ndarray) -> np.ndarray:
 
 @functools.cache
 def load_model(name: str) -> Generator:
-    """A zoo model, or a benchmark-only overlap DCGAN (trained here on first use)."""
-    if not name.startswith(OVERLAP_PREFIX):
+    """A zoo model, or a benchmark-only model (trained here on first use)."""
+    if not name.startswith(OVERLAP_PREFIX) and name not in EXTRA_MODELS:
         return zoo.load(name)
-    frac = float(name.removeprefix(OVERLAP_PREFIX))
     out = MODELS_DIR / name
     MODELS_DIR.mkdir(parents=True, exist_ok=True)
     # One trainer per model even with several worker processes: the others wait here.
@@ -62,11 +77,30 @@ def load_model(name: str) -> Generator:
         if not (out / CARD_FILE).is_file():
             from ronan_jax.zoo.train import train
 
-            print(f"training {name} (dcgan-mnist recipe on mnist-overlap-{frac}, seed "
-                  f"{OVERLAP_SEED}) into {out}", flush=True)
-            train("dcgan-mnist", out=out, seed=OVERLAP_SEED, data=f"mnist-overlap-{frac}",
-                  overwrite=True, progress=False)
+            if name in EXTRA_MODELS:
+                entry, recipe = EXTRA_MODELS[name]
+                print(f"training {name} ({recipe.steps} GAN steps on {entry.data}, seed "
+                      f"{EXTRA_SEED}) into {out}", flush=True)
+                train(name, out=out, seed=EXTRA_SEED, overwrite=True, progress=False,
+                      entry=entry, recipe=recipe,
+                      command=f"benchmarks.accuracy.sets.load_model({name!r}) (trained on first use)")
+            else:
+                frac = float(name.removeprefix(OVERLAP_PREFIX))
+                print(f"training {name} (dcgan-mnist recipe on mnist-overlap-{frac}, seed "
+                      f"{OVERLAP_SEED}) into {out}", flush=True)
+                train("dcgan-mnist", out=out, seed=OVERLAP_SEED, data=f"mnist-overlap-{frac}",
+                      overwrite=True, progress=False)
     return load_generator(out, name=name)
+
+
+def default_reference(model: str) -> str:
+    """Zoo name of the reference that calibrates ``model`` (a benchmark-only model's entry
+    names it like a zoo model's)."""
+    if model in EXTRA_MODELS:
+        return EXTRA_MODELS[model][0].default_reference
+    if model.startswith(OVERLAP_PREFIX):
+        return zoo.default_reference("dcgan-mnist")
+    return zoo.default_reference(model)
 
 
 def needs_training(spec: str) -> bool:
@@ -77,7 +111,7 @@ def needs_training(spec: str) -> bool:
     if kind == "post":
         return needs_training(rest.partition(":")[2])
     model = rest.rpartition(":")[0]
-    return (kind == "gen" and model.startswith(OVERLAP_PREFIX)
+    return (kind == "gen" and (model.startswith(OVERLAP_PREFIX) or model in EXTRA_MODELS)
             and not (MODELS_DIR / model / CARD_FILE).is_file())
 
 
@@ -85,6 +119,8 @@ def training_data(model: str) -> str:
     """The dataset a model was trained on (``data:`` spec body)."""
     if model.startswith(OVERLAP_PREFIX):
         return "mnist-overlap-" + model.removeprefix(OVERLAP_PREFIX)
+    if model in EXTRA_MODELS:
+        return EXTRA_MODELS[model][0].data
     return zoo.registry.get(model).data
 
 
@@ -99,7 +135,7 @@ def _real(dataset: str, n: int) -> np.ndarray:
     from ronan_jax.zoo import data
 
     images = data.dataset(dataset).images
-    if dataset.startswith("photo-"):
+    if dataset.startswith("photo"):
         pick = np.sort(np.random.default_rng(0).choice(len(images), n, replace=False))
         images = images[pick]
     return to_u8(images[:n])
@@ -161,7 +197,7 @@ def load_classes(spec: str, n: int) -> np.ndarray | None:
         from ronan_jax.zoo import data
 
         labels = data.dataset(rest).labels
-        return None if labels is None or rest.startswith("photo-") else np.asarray(labels[:n], np.int32)
+        return None if labels is None or rest.startswith("photo") else np.asarray(labels[:n], np.int32)
     raise ValueError(f"unknown image set {spec!r} (gen:MODEL:SEED, data:DATASET, 1977:SET, post:TRANSFORM:SET)")
 
 

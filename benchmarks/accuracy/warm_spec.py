@@ -24,7 +24,6 @@ from collections.abc import Callable
 import numpy as np
 
 from benchmarks.accuracy import cache, sets, tables
-from ronan_jax import zoo
 from ronan_jax.attribution.classes import num_classes
 from ronan_jax.engine.config import InversionConfig
 
@@ -58,7 +57,7 @@ def row_sets(row: tables.Row) -> list[tuple[str, str]]:
     """(generator, set) pairs a row inverts: M on its three sets, and the reference."""
     out = [(row.model, spec) for spec in row.specs]
     if row.calibrated:
-        out += [(zoo.default_reference(row.model), spec) for spec in row.specs]
+        out += [(sets.default_reference(row.model), spec) for spec in row.specs]
     return out
 
 

@@ -41,7 +41,7 @@ def plan(rows: Iterable[Any], config: Any, n: int) -> list[Job]:
 
     Row by row, so a pool that is stopped early leaves whole rows measured (see ``--partial``).
     """
-    from ronan_jax import zoo
+    from benchmarks.accuracy import sets
 
     jobs: list[Job] = []
     for row in rows:
@@ -50,7 +50,7 @@ def plan(rows: Iterable[Any], config: Any, n: int) -> list[Job]:
         if row.screen is not None:
             jobs += [Job(row.model, s, n, cfg.replace(steps=row.screen[0])) for s in row.specs]
         if row.calibrated:  # the reference is unconditional: no class rule
-            ref = zoo.default_reference(row.model)
+            ref = sets.default_reference(row.model)
             jobs += [Job(ref, s, n, cfg.replace(class_rule="known")) for s in row.specs]
     return list(dict.fromkeys(jobs))
 

@@ -20,7 +20,7 @@ MNIST digits
     (``dcgan-mnist-b``); A and B are disjoint. :func:`mnist_overlap` mixes A and B for
     overlap experiments (paper Table 7).
 
-Colour photos (cut into 32x32 patches)
+Colour photos (cut into 32x32 patches; 64x64 ones of the same photos for larger models)
     From scikit-image's ``skimage.data`` (only images whose files are inside the installed
     package; nothing is downloaded):
 
@@ -68,7 +68,8 @@ MNIST_LICENCE = (
 )
 
 PATCH_SIZE = 32
-PATCH_STRIDE = 16
+PATCH_STRIDE = PATCH_SIZE // 2
+PATCH_SIZES = (32, 64)  # the 64x64 patches: datasets photo64-train / photo64-heldout
 PATCH_SCALES = (1, 2)
 PATCH_MIN_STD = 0.05
 PATCH_SEED = 0
@@ -234,17 +235,23 @@ def patch_contrast(patches: np.ndarray) -> np.ndarray:
     return patches.std(axis=(1, 2)).max(axis=-1)
 
 
-def photo_patches_of(name: str) -> np.ndarray:
-    """Patches of one source photo: ``(N, 32, 32, 3)`` float32 in [0, 1], deterministic."""
+def photo_patches_of(name: str, size: int = PATCH_SIZE) -> np.ndarray:
+    """Patches of one source photo: ``(N, size, size, 3)`` float32 in [0, 1], deterministic.
+
+    The grid stride is half the patch side (16 for the 32x32 patches, 32 for 64x64).
+    """
+    if size not in PATCH_SIZES:
+        raise ValueError(f"photo patch size must be one of {PATCH_SIZES}, not {size!r}")
     all_photos = photos()
     if name not in all_photos:
         raise ValueError(f"unknown or unavailable photo {name!r}; have: {sorted(all_photos)}")
     img = all_photos[name].astype(np.float32) / np.float32(255.0)
     index = [s.name for s in PHOTO_SOURCES].index(name)
-    rng = np.random.default_rng([PATCH_SEED, index])
+    # the 32x32 draw keeps its original seed sequence (the shipped models were trained on it)
+    rng = np.random.default_rng([PATCH_SEED, index] if size == PATCH_SIZE else [PATCH_SEED, index, size])
     chunks = []
     for factor in PATCH_SCALES:
-        patches = _grid_patches(_block_mean(img, factor), PATCH_SIZE, PATCH_STRIDE)
+        patches = _grid_patches(_block_mean(img, factor), size, size // 2)
         patches = patches[patch_contrast(patches) >= PATCH_MIN_STD]
         if len(patches) > MAX_PATCHES_PER_PHOTO:
             keep = np.sort(rng.choice(len(patches), MAX_PATCHES_PER_PHOTO, replace=False))
@@ -261,10 +268,10 @@ def photo_names(split: str) -> tuple[str, ...]:
     return tuple(n for n in photos() if (n in HELDOUT_PHOTOS) == held)
 
 
-@functools.lru_cache(maxsize=2)
-def photo_patches(split: str) -> np.ndarray:
-    """All patches of a split's photos, ``(N, 32, 32, 3)`` float32 in [0, 1]. Read-only."""
-    out = np.concatenate([photo_patches_of(n) for n in photo_names(split)])
+@functools.lru_cache(maxsize=4)
+def photo_patches(split: str, size: int = PATCH_SIZE) -> np.ndarray:
+    """All patches of a split's photos, ``(N, size, size, 3)`` float32 in [0, 1]. Read-only."""
+    out = np.concatenate([photo_patches_of(n, size) for n in photo_names(split)])
     out.setflags(write=False)
     return out
 
@@ -285,7 +292,8 @@ def dataset(name: str) -> Dataset:
     """A named training/evaluation set.
 
     ``mnist-a``, ``mnist-b``, ``mnist-unseen``, ``mnist-overlap-<p>`` (``p`` a fraction such
-    as ``0.5``), ``photo-train``, ``photo-heldout``.
+    as ``0.5``), ``photo-train``, ``photo-heldout`` (32x32 patches), ``photo64-train``,
+    ``photo64-heldout`` (64x64 patches of the same photos).
     """
     if name.startswith("mnist-overlap-"):
         p = float(name.removeprefix("mnist-overlap-"))
@@ -305,16 +313,17 @@ def dataset(name: str) -> Dataset:
             f"subset (shuffle seed {MNIST_SEED}), [0, 1], zero-padded to 32x32x1"
         )
         return Dataset(images, name, desc, MNIST_LICENCE, labels)
-    if name in ("photo-train", "photo-heldout"):
-        split = name.removeprefix("photo-")
+    if name in ("photo-train", "photo-heldout", "photo64-train", "photo64-heldout"):
+        kind, split = name.split("-")
+        size = 64 if kind == "photo64" else PATCH_SIZE
         names = photo_names(split)
         desc = (
-            f"32x32 RGB patches (grid stride {PATCH_STRIDE}, scales {PATCH_SCALES}, contrast >= "
-            f"{PATCH_MIN_STD}, <= {MAX_PATCHES_PER_PHOTO} per photo and scale, seed "
+            f"{size}x{size} RGB patches (grid stride {size // 2}, scales {PATCH_SCALES}, "
+            f"contrast >= {PATCH_MIN_STD}, <= {MAX_PATCHES_PER_PHOTO} per photo and scale, seed "
             f"{PATCH_SEED}) of photos {list(names)}; held-out photos {list(HELDOUT_PHOTOS)}"
         )
-        return Dataset(photo_patches(split), name, desc, PHOTO_LICENCE)
+        return Dataset(photo_patches(split, size), name, desc, PHOTO_LICENCE)
     raise ValueError(
         f"unknown dataset {name!r}; known: mnist-a, mnist-b, mnist-unseen, "
-        "mnist-overlap-<p>, photo-train, photo-heldout"
+        "mnist-overlap-<p>, photo-train, photo-heldout, photo64-train, photo64-heldout"
     )

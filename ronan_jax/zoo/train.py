@@ -410,14 +410,24 @@ def train(
     data: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    entry: ZooModel | None = None,
+    recipe: TrainRecipe | None = None,
+    command: str | None = None,
 ) -> dict[str, Any]:
     """Train zoo model ``name`` and save checkpoint, model card and ``samples.png`` to ``out``.
 
     Returns the model card as written. ``out`` defaults to the model's package weights
-    directory; an existing non-empty ``out`` is an error unless ``overwrite``.
+    directory; an existing non-empty ``out`` is an error unless ``overwrite``. ``entry`` and
+    ``recipe`` train a model that is not in the zoo's table (a benchmark's own, named
+    ``name``) with the zoo's trainers; ``out`` is then required, and ``command`` (what
+    reproduces it) goes in the card instead of this module's command line.
     """
-    entry = get(name)
-    recipe = RECIPES[name]
+    if (entry is None) != (recipe is None):
+        raise ValueError("entry and recipe are given together (a model outside the zoo's table)")
+    if entry is not None and out is None:
+        raise ValueError(f"model {name!r} is not in the zoo: give out=")
+    entry = entry if entry is not None else get(name)
+    recipe = recipe if recipe is not None else RECIPES[name]
     if steps is not None:
         recipe = dataclasses.replace(recipe, steps=int(steps))
     if recipe.steps < 1:
@@ -467,9 +477,10 @@ def train(
         "default_reference": entry.default_reference,
         "samples": SAMPLES_FILE,
         "training": {
-            "command": f"python -m ronan_jax.zoo.train {name} --steps {recipe.steps} --seed {seed}"
-            + (f" --data {data}" if data else "")
-            + (f" --subset {subset}" if subset else ""),
+            "command": command or (
+                f"python -m ronan_jax.zoo.train {name} --steps {recipe.steps} --seed {seed}"
+                + (f" --data {data}" if data else "")
+                + (f" --subset {subset}" if subset else "")),
             "data": dataset.name,
             "data_description": dataset.description,
             "data_licence": dataset.licence,

@@ -1,0 +1,96 @@
+"""What the second chance costs in time (issue 19): a first pass (the model and its reference,
+as an audit runs them) and the second pass (the model only, ``InversionConfig.second_pass``)
+on the same images, timed side by side in one process, interleaved, best of ``--reps``.
+
+    python -m benchmarks.second_chance_cost [--models dcgan-mnist,vae-mnist,dcgan-photo,ref-photo]
+        [--steps 300] [--images 8] [--reps 3] [--table benchmarks/accuracy/results/table-second-partial.json]
+
+The images are each model's unseen real images (the images a second pass is mostly spent on:
+every non-belonging image is above the level). Both passes scale linearly with the steps, so
+their ratio at ``--steps`` is the ratio at the paper's 1500; compile time is kept out (a
+warm-up call of the same shapes first). With ``--table`` (a second-chance table written by
+``python -m benchmarks.accuracy second``) each row's extra compute in time is printed: its
+flagged images x the second pass's seconds over all its images x the first pass's, next to
+the table's extra optimisation steps (a reference step and a model step count alike there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from benchmarks.accuracy import sets
+from benchmarks.accuracy.tables import unseen_set
+from benchmarks.robust_cost import timed
+from ronan_jax import zoo
+from ronan_jax.attribution.second_chance import DEFAULT_K
+from ronan_jax.engine.config import InversionConfig
+from ronan_jax.engine.invert import invert
+
+
+def pass_seconds(name: str, steps: int, n: int, reps: int, metric: str = "mse") -> dict[str, float]:
+    """Seconds per image of a first pass (model + reference, 8 restarts) and of a second
+    pass (model, 32 halved restarts), same images, and their ratio."""
+    model = sets.load_model(name)
+    reference = zoo.load(sets.default_reference(name)).for_shape(model.output_shape)
+    images = sets.load_set(unseen_set(name), n).astype(np.float32) / 255.0
+    first = InversionConfig(steps=steps, metric=metric)
+    second = first.replace(second_chance=DEFAULT_K).second_pass()
+
+    def run_first():
+        return invert(model, images, first).loss, invert(reference, images, first).loss
+
+    def run_second():
+        return invert(model, images, second).loss
+
+    run_first(), run_second()  # compile
+    best = {"first": float("inf"), "second": float("inf")}
+    for _ in range(reps):
+        best["first"] = min(best["first"], timed(run_first))
+        best["second"] = min(best["second"], timed(run_second))
+    return {"first_s": best["first"] / n, "second_s": best["second"] / n,
+            "ratio": best["second"] / best["first"]}
+
+
+def row_extra(row: dict, ratio: float) -> dict[str, float]:
+    """A table row's extra compute in time from its flagged counts and the measured ratio."""
+    sc = row["second_chance"]
+    flagged = sum(sc["flagged"].values())
+    images = row["n"] * 3  # the profile, the positives and the negatives
+    return {"flagged": flagged, "images": images, "extra_time_pct": 100.0 * ratio * flagged / images,
+            "extra_steps_pct": sc["extra_pct"]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="dcgan-mnist,vae-mnist,dcgan-photo,ref-photo")
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--images", type=int, default=8)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--table", type=Path, default=None)
+    args = ap.parse_args(argv)
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; {args.steps} steps, "
+          f"{args.images} images per call, best of {args.reps}", flush=True)
+    ratios = {}
+    for name in args.models.split(","):
+        r = pass_seconds(name, args.steps, args.images, args.reps)
+        ratios[name] = r["ratio"]
+        print(f"{name:14s} first pass {r['first_s']:7.3f} s/image (model + reference), second pass "
+              f"{r['second_s']:7.3f} s/image (model): {r['ratio']:.3f}x", flush=True)
+    if args.table is None:
+        return
+    for row in json.loads(args.table.read_text())["rows"]:
+        model = row["row"]["model"]
+        if "second_chance" not in row or model not in ratios:
+            continue
+        e = row_extra(row, ratios[model])
+        print(f"{row['row']['label'][:70]:70s} flagged {e['flagged']:3d}/{e['images']}: extra time "
+              f"{e['extra_time_pct']:5.1f} %, extra steps {e['extra_steps_pct']:5.1f} %", flush=True)
+
+
+if __name__ == "__main__":
+    main()
