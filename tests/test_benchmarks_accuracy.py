@@ -244,6 +244,33 @@ def test_untrained_overlap_model_is_known_before_loading_its_set(tmp_path, monke
     assert not sets.needs_training("data:mnist-a")
 
 
+def test_the_64px_model_is_benchmark_only_with_its_own_data_and_reference(tmp_path, monkeypatch):
+    monkeypatch.setattr(sets, "MODELS_DIR", tmp_path / "models")
+    assert sets.needs_training("gen:dcgan-photo64:1")
+    assert sets.training_data("dcgan-photo64") == "photo64-train"
+    assert tables.unseen_set("dcgan-photo64") == "data:photo64-heldout"
+    assert tables.unseen_set("dcgan-photo") == "data:photo-heldout"
+    assert tables.unseen_set("vae-mnist") == "data:mnist-unseen"
+    assert sets.default_reference("dcgan-photo64") == "ref-photo"
+    assert sets.default_reference("dcgan-mnist-overlap-0.5") == "ref-photo"
+    assert sets.default_reference("ref-photo") == "dcgan-photo"
+    rows = tables.TABLES["second-64"][1]
+    assert {r.settings(InversionConfig()).steps for r in rows} == {500}
+    assert {r.settings(InversionConfig()).restarts for r in rows} == {4}
+    assert all(r.second_chance == 5.0 and r.model == "dcgan-photo64" for r in rows)
+
+
+def test_second_chance_time_cost_weighs_flagged_images_by_the_measured_ratio():
+    from benchmarks.second_chance_cost import row_extra
+
+    row = {"n": 100, "second_chance": {"flagged": {"profile": 1, "positives": 2, "negatives": 97},
+                                       "extra_pct": 20.5}}
+    out = row_extra(row, ratio=0.3)
+    assert out["flagged"] == 100 and out["images"] == 300
+    assert out["extra_time_pct"] == pytest.approx(10.0)
+    assert out["extra_steps_pct"] == 20.5
+
+
 def test_diagnostic_and_trimmed_rows_change_only_their_settings():
     spec = InversionConfig()
     lr_rows = tables.TABLES["5lr"][1]
