@@ -351,3 +351,16 @@ def test_warm_losses_composed_from_cold_and_one_encoder_run_equal_a_warm_inversi
     direct = invert(gen, images.astype(np.float32) / 255.0, warm)
     np.testing.assert_allclose(loss, direct.loss, rtol=1e-5)
     assert list(steps) == [3 * TINY.steps] * 3  # 2 prior runs + the encoder's
+
+
+def test_a_reduced_budget_table_is_filed_under_the_budget_its_rows_ran():
+    from benchmarks.accuracy.__main__ import settings_tag, table_settings
+
+    config = InversionConfig()
+    reduced = tables.TABLES["second-64"][1]
+    assert settings_tag(table_settings(reduced, config), 30) == "-500x4-n30"
+    # rows at the command's own budget keep the command's tag
+    assert settings_tag(table_settings(tables.TABLES["2"][1], config), 100) == ""
+    # rows at different budgets are filed under the command's budget
+    mixed = [reduced[0], tables.TABLES["2"][1][0]]
+    assert table_settings(mixed, config) == config

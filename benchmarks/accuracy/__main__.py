@@ -72,7 +72,7 @@ def markdown(title: str, results: list[dict], command: str, seconds: float,
 
 def second_chance_markdown(title: str, results: list[dict], command: str, seconds: float,
                            missing: list[tables.Row] | None = None,
-                           belonging: list[dict] | None = None) -> str:
+                           belonging: list[dict] | None = None, n: int = 100) -> str:
     """The second-chance table: each row's first pass and second chance side by side, the
     images re-run and the extra optimisation steps, and the profile's normality."""
     lines = [f"### {title}", "", f"`{command}`", "",
@@ -108,9 +108,19 @@ def second_chance_markdown(title: str, results: list[dict], command: str, second
                   f"{sc['second_pass']['restarts']} new restarts (seed "
                   f"{sc['second_pass']['seed']}) on M only. Extra steps: the second pass's "
                   "optimisation steps over the first pass's (M and reference) for the row's "
-                  "100 profile + 200 test images, and for the 200 test images alone. Wall time "
-                  f"of this invocation {seconds:.0f} s."]
+                  f"{n} profile + {2 * n} test images, and for the {2 * n} test images alone. "
+                  f"Wall time of this invocation {seconds:.0f} s."]
     return "\n".join(lines) + "\n"
+
+
+def table_settings(rows: list[tables.Row], config: InversionConfig) -> InversionConfig:
+    """The budget a table's rows run at: their shared steps/restarts overrides, else
+    ``config``'s (so a reduced-budget table's files are named after the budget it ran)."""
+    budgets = {(s.steps, s.restarts) for s in (row.settings(config) for row in rows)}
+    if len(budgets) != 1:
+        return config
+    steps, restarts = budgets.pop()
+    return config.replace(steps=steps, restarts=restarts)
 
 
 def chosen_rows(name: str, patterns: list[str] | None) -> list[tables.Row]:
@@ -169,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         title = tables.TABLES[name][0]
         t0 = time.time()
         results, missing, belonging = [], [], []
-        for row in chosen_rows(name, args.rows):
+        rows = chosen_rows(name, args.rows)
+        second = any(row.second_chance for row in rows)
+        for row in rows:
             try:
                 results.append(tables.score(row, config, args.n, args.alpha,
                                             log=lambda m: print(m, flush=True),
@@ -177,14 +189,14 @@ def main(argv: list[str] | None = None) -> int:
             except cache.NotCached as exc:
                 print(f"  {row.label}: {exc}", flush=True)
                 missing.append(row)
-                if name == "second":
+                if second:
                     try:
                         belonging.append(tables.belonging_side(row, config, args.n, args.alpha,
                                                                cached_only=True))
                     except cache.NotCached:
                         pass
         seconds = time.time() - t0
-        tag = settings_tag(config, args.n) + ("-part" if args.rows else "") + (
+        tag = settings_tag(table_settings(rows, config), args.n) + ("-part" if args.rows else "") + (
             "-partial" if missing else "")
         stem = RESULTS_DIR / f"table-{name}{tag}"
         stem.parent.mkdir(parents=True, exist_ok=True)
@@ -193,8 +205,9 @@ def main(argv: list[str] | None = None) -> int:
              "fill_seconds": fill_seconds, "rows": results,
              "not_measured": [row.label for row in missing],
              "belonging_side_only": belonging}, indent=1))
-        if name == "second":
-            text = second_chance_markdown(title, results, command, seconds, missing, belonging)
+        if second:
+            text = second_chance_markdown(title, results, command, seconds, missing, belonging,
+                                          n=args.n)
         else:
             text = markdown(title, results, command, seconds, missing, fill_seconds)
         stem.with_suffix(".md").write_text(text)
