@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import jax
@@ -32,13 +33,14 @@ from ronan_jax.engine.config import InversionConfig
 from ronan_jax.engine.invert import invert
 
 
-def pass_seconds(name: str, steps: int, n: int, reps: int, metric: str = "mse") -> dict[str, float]:
-    """Seconds per image of a first pass (model + reference, 8 restarts) and of a second
-    pass (model, 32 halved restarts), same images, and their ratio."""
+def pass_seconds(name: str, steps: int, n: int, reps: int, metric: str = "mse",
+                 restarts: int = 8) -> dict[str, float]:
+    """Seconds per image of a first pass (model + reference, ``restarts`` restarts) and of a
+    second pass (model, 32 halved restarts), same images, and their ratio."""
     model = sets.load_model(name)
     reference = zoo.load(sets.default_reference(name)).for_shape(model.output_shape)
     images = sets.load_set(unseen_set(name), n).astype(np.float32) / 255.0
-    first = InversionConfig(steps=steps, metric=metric)
+    first = InversionConfig(steps=steps, restarts=restarts, metric=metric)
     second = first.replace(second_chance=DEFAULT_K).second_pass()
 
     def run_first():
@@ -71,25 +73,42 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--restarts", type=int, default=8, help="the first pass's restarts")
     ap.add_argument("--table", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    ap.add_argument("--ratios-from", type=Path, default=None,
+                    help="time nothing: take the models' ratios from an --out file of an "
+                         "earlier run (to weigh a table finished later)")
     args = ap.parse_args(argv)
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; {args.steps} steps, "
-          f"{args.images} images per call, best of {args.reps}", flush=True)
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; {args.steps} steps, first "
+          f"pass {args.restarts} restarts, {args.images} images per call, best of {args.reps}",
+          flush=True)
+    record = {"argv": sys.argv[1:] if argv is None else argv, "steps": args.steps,
+              "restarts": args.restarts, "images": args.images, "reps": args.reps,
+              "models": {}, "rows": []}
     ratios = {}
+    measured = json.loads(args.ratios_from.read_text())["models"] if args.ratios_from else {}
     for name in args.models.split(","):
-        r = pass_seconds(name, args.steps, args.images, args.reps)
+        if args.ratios_from:
+            if name not in measured:
+                continue
+            r = measured[name]
+        else:
+            r = pass_seconds(name, args.steps, args.images, args.reps, restarts=args.restarts)
         ratios[name] = r["ratio"]
+        record["models"][name] = r
         print(f"{name:14s} first pass {r['first_s']:7.3f} s/image (model + reference), second pass "
               f"{r['second_s']:7.3f} s/image (model): {r['ratio']:.3f}x", flush=True)
-    if args.table is None:
-        return
-    for row in json.loads(args.table.read_text())["rows"]:
+    for row in json.loads(args.table.read_text())["rows"] if args.table else []:
         model = row["row"]["model"]
         if "second_chance" not in row or model not in ratios:
             continue
         e = row_extra(row, ratios[model])
+        record["rows"].append({"label": row["row"]["label"], **e})
         print(f"{row['row']['label'][:70]:70s} flagged {e['flagged']:3d}/{e['images']}: extra time "
               f"{e['extra_time_pct']:5.1f} %, extra steps {e['extra_steps_pct']:5.1f} %", flush=True)
+    if args.out:
+        args.out.write_text(json.dumps(record, indent=1))
 
 
 if __name__ == "__main__":

@@ -364,3 +364,18 @@ def test_a_reduced_budget_table_is_filed_under_the_budget_its_rows_ran():
     # rows at different budgets are filed under the command's budget
     mixed = [reduced[0], tables.TABLES["2"][1][0]]
     assert table_settings(mixed, config) == config
+
+
+def test_a_worker_whose_parent_is_gone_is_told_at_once():
+    import os
+    import threading
+
+    orphaned = threading.Event()
+    workers.watch_parent(os.getppid() + 10**6, poll=0.01, on_orphan=orphaned.set)
+    assert orphaned.wait(5.0)
+    kept, stop = threading.Event(), threading.Event()
+    watcher = workers.watch_parent(os.getppid(), poll=0.01, on_orphan=kept.set, stop=stop)
+    assert not kept.wait(0.2)
+    stop.set()
+    watcher.join(1.0)
+    assert not watcher.is_alive() and not kept.is_set()

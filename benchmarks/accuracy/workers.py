@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing as mp
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -55,10 +56,30 @@ def plan(rows: Iterable[Any], config: Any, n: int) -> list[Job]:
     return list(dict.fromkeys(jobs))
 
 
-def _pin(cores: Any) -> None:
+def watch_parent(parent: int, poll: float = 2.0,
+                 on_orphan: Callable[[], None] = lambda: os._exit(1),
+                 stop: threading.Event | None = None) -> threading.Thread:
+    """Call ``on_orphan`` (by default: exit at once) once this process's parent is no longer
+    ``parent``, checked every ``poll`` seconds on a daemon thread (until ``stop`` is set): a
+    worker whose benchmark was killed stops instead of inverting on for hours."""
+    stop = stop or threading.Event()
+
+    def loop() -> None:
+        while os.getppid() == parent:
+            if stop.wait(poll):
+                return
+        on_orphan()
+
+    thread = threading.Thread(target=loop, name="watch-parent", daemon=True)
+    thread.start()
+    return thread
+
+
+def _pin(cores: Any, parent: int) -> None:
     core = cores.get()
     os.sched_setaffinity(0, {core})
     os.environ["RONAN_WORKER_CORE"] = str(core)
+    watch_parent(parent)
 
 
 def run_job(job: Job, cache_root: Path | None = None,
@@ -97,7 +118,7 @@ def fill_cache(jobs: list[Job], workers: int, log: Callable[[str], None] = print
     log(f"filling the loss cache: {len(jobs)} jobs on {workers} pinned workers "
         f"(cores {cores[:workers]})")
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_pin,
-                             initargs=(queue,)) as pool:
+                             initargs=(queue, os.getpid())) as pool:
         futures = {pool.submit(run_job, job, cache_root, images_dir): job for job in jobs}
         for fut in as_completed(futures):
             try:
