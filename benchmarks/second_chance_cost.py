@@ -69,42 +69,46 @@ def row_extra(row: dict, ratio: float) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="dcgan-mnist,vae-mnist,dcgan-photo,ref-photo")
+    ap.add_argument("--models", default="dcgan-mnist,vae-mnist,dcgan-photo,ref-photo",
+                    help="comma-separated NAME or NAME:METRIC (default metric mse)")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--restarts", type=int, default=8, help="the first pass's restarts")
     ap.add_argument("--table", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
-    ap.add_argument("--ratios-from", type=Path, default=None,
-                    help="time nothing: take the models' ratios from an --out file of an "
-                         "earlier run (to weigh a table finished later)")
+    ap.add_argument("--ratios-from", type=Path, nargs="+", default=None,
+                    help="time nothing: take the ratios from --out files of earlier runs "
+                         "(to weigh a table finished later); --models is then ignored")
     args = ap.parse_args(argv)
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; {args.steps} steps, first "
-          f"pass {args.restarts} restarts, {args.images} images per call, best of {args.reps}",
-          flush=True)
-    record = {"argv": sys.argv[1:] if argv is None else argv, "steps": args.steps,
-              "restarts": args.restarts, "images": args.images, "reps": args.reps,
-              "models": {}, "rows": []}
-    ratios = {}
-    measured = json.loads(args.ratios_from.read_text())["models"] if args.ratios_from else {}
-    for name in args.models.split(","):
-        if args.ratios_from:
-            if name not in measured:
-                continue
-            r = measured[name]
-        else:
-            r = pass_seconds(name, args.steps, args.images, args.reps, restarts=args.restarts)
-        ratios[name] = r["ratio"]
-        record["models"][name] = r
-        print(f"{name:14s} first pass {r['first_s']:7.3f} s/image (model + reference), second pass "
-              f"{r['second_s']:7.3f} s/image (model): {r['ratio']:.3f}x", flush=True)
+    record: dict = {"argv": sys.argv[1:] if argv is None else argv, "models": {}, "rows": []}
+    if args.ratios_from:
+        for path in args.ratios_from:
+            earlier = json.loads(path.read_text())
+            print(f"ratios from {path} ({earlier['steps']} steps, first pass "
+                  f"{earlier['restarts']} restarts, {earlier['images']} images per call, best of "
+                  f"{earlier['reps']})", flush=True)
+            record["models"].update(earlier["models"])
+    else:
+        print(f"jax {jax.__version__} on {jax.devices()[0].platform}; {args.steps} steps, first "
+              f"pass {args.restarts} restarts, {args.images} images per call, best of "
+              f"{args.reps}", flush=True)
+        record.update(steps=args.steps, restarts=args.restarts, images=args.images,
+                      reps=args.reps)
+        for entry in args.models.split(","):
+            name, _, metric = entry.partition(":")
+            key = f"{name}:{metric or 'mse'}"
+            record["models"][key] = pass_seconds(name, args.steps, args.images, args.reps,
+                                                 metric=metric or "mse", restarts=args.restarts)
+    for key, r in record["models"].items():
+        print(f"{key:18s} first pass {r['first_s']:7.3f} s/image (model + reference), second "
+              f"pass {r['second_s']:7.3f} s/image (model): {r['ratio']:.3f}x", flush=True)
     for row in json.loads(args.table.read_text())["rows"] if args.table else []:
-        model = row["row"]["model"]
-        if "second_chance" not in row or model not in ratios:
+        key = f"{row['row']['model']}:{row['row']['metric']}"
+        if "second_chance" not in row or key not in record["models"]:
             continue
-        e = row_extra(row, ratios[model])
-        record["rows"].append({"label": row["row"]["label"], **e})
+        e = row_extra(row, record["models"][key]["ratio"])
+        record["rows"].append({"label": row["row"]["label"], "ratio_of": key, **e})
         print(f"{row['row']['label'][:70]:70s} flagged {e['flagged']:3d}/{e['images']}: extra time "
               f"{e['extra_time_pct']:5.1f} %, extra steps {e['extra_steps_pct']:5.1f} %", flush=True)
     if args.out:

@@ -379,3 +379,21 @@ def test_a_worker_whose_parent_is_gone_is_told_at_once():
     stop.set()
     watcher.join(1.0)
     assert not watcher.is_alive() and not kept.is_set()
+
+
+def test_larger_k_tables_rescore_k5s_second_passes_without_new_inversions():
+    from ronan_jax.attribution import second_chance
+
+    rng = np.random.default_rng(0)
+    profile = rng.lognormal(-2.0, 0.8, 100)
+    test = rng.lognormal(-1.0, 1.5, 200)
+    at5 = second_chance.flagged(test, test, second_chance.flag_level(profile, 5.0))
+    for k in tables.SECOND_KS:
+        row5, rowk = tables.TABLES["second"][1][0], tables.TABLES[f"second-k{k:g}"][1][0]
+        assert (rowk.label, rowk.second_chance) == (row5.label, k)
+        atk = second_chance.flagged(test, test, second_chance.flag_level(profile, k))
+        assert atk.sum() < at5.sum() and not (atk & ~at5).any()  # a subset of k = 5's images
+        # and the second pass those images get is the same inversion (same settings and seed)
+        config = row5.settings(InversionConfig())
+        assert (config.replace(second_chance=k).second_pass()
+                == config.replace(second_chance=5.0).second_pass())
