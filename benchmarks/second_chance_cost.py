@@ -2,8 +2,10 @@
 as an audit runs them) and the second pass (the model only, ``InversionConfig.second_pass``)
 on the same images, timed side by side in one process, interleaved, best of ``--reps``.
 
-    python -m benchmarks.second_chance_cost [--models dcgan-mnist,vae-mnist,dcgan-photo,ref-photo]
-        [--steps 300] [--images 8] [--reps 3] [--table benchmarks/accuracy/results/table-second-partial.json]
+    python -m benchmarks.second_chance_cost [--models dcgan-mnist,vae-mnist,dcgan-mnist:ssim,...]
+        [--steps 300] [--restarts 8] [--images 8] [--reps 3] [--out FILE.json]
+        [--table benchmarks/accuracy/results/table-second.json]
+    python -m benchmarks.second_chance_cost --ratios-from FILE.json [FILE.json ...] --table T.json
 
 The images are each model's unseen real images (the images a second pass is mostly spent on:
 every non-belonging image is above the level). Both passes scale linearly with the steps, so
