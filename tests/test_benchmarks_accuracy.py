@@ -397,3 +397,13 @@ def test_larger_k_tables_rescore_k5s_second_passes_without_new_inversions():
         config = row5.settings(InversionConfig())
         assert (config.replace(second_chance=k).second_pass()
                 == config.replace(second_chance=5.0).second_pass())
+
+
+def test_rows_are_chosen_by_substring_or_by_whole_label():
+    from benchmarks.accuracy.__main__ import chosen_rows
+
+    by_text = {r.label for r in chosen_rows("second", ["vae-mnist"])}
+    assert "dcgan-mnist vs vae-mnist images, second chance" in by_text
+    exact = chosen_rows("second", ["=vae-mnist vs unseen real images, second chance"])
+    assert [r.label for r in exact] == ["vae-mnist vs unseen real images, second chance"]
+    assert chosen_rows("second", ["=vae-mnist vs unseen real images"]) == []

@@ -124,9 +124,14 @@ def table_settings(rows: list[tables.Row], config: InversionConfig) -> Inversion
 
 
 def chosen_rows(name: str, patterns: list[str] | None) -> list[tables.Row]:
-    """A table's rows, or those whose label contains one of ``patterns``."""
+    """A table's rows, or those whose label contains one of ``patterns`` (a pattern that
+    starts with ``=`` must be the whole label)."""
     rows = tables.TABLES[name][1]
-    return [r for r in rows if not patterns or any(p in r.label for p in patterns)]
+
+    def match(pattern: str, label: str) -> bool:
+        return label == pattern[1:] if pattern.startswith("=") else pattern in label
+
+    return [r for r in rows if not patterns or any(match(p, r.label) for p in patterns)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
                          "reference's) encoder")
     ap.add_argument("--quick", action="store_true", help="20 steps x 2 restarts, n 10")
     ap.add_argument("--rows", nargs="+", metavar="TEXT",
-                    help="only rows whose label contains one of these (file tagged -part)")
+                    help="only rows whose label contains one of these, or is exactly =LABEL "
+                         "(file tagged -part)")
     ap.add_argument("--partial", action="store_true",
                     help="invert nothing: score the rows whose losses are all cached and "
                          "list the others as not measured (file tagged -partial)")
