@@ -16,7 +16,7 @@ from ronan_jax.attribution.profile import quantize_8bit
 from ronan_jax.engine.config import InversionConfig
 from ronan_jax.engine.invert import invert
 from ronan_jax.engine.resample import downup_matrices, downup_sizes, taps_matrix, zoom_matrix
-from ronan_jax.engine.robust import phi_size, postprocess
+from ronan_jax.engine.robust import phi_size, postprocess, resized_to, robust_condition
 from ronan_jax.models.resolver import default_reference_spec, load_model, load_reference
 
 MODE = "tone+resample"
@@ -90,6 +90,27 @@ def test_the_stage_finds_the_size_a_belonging_image_was_resized_at(zoo, size):
     # an image that was not resized keeps the identity
     itself = np.asarray(postprocess(MODE, drawn, phi, targets=drawn))
     np.testing.assert_allclose(itself, np.asarray(drawn), atol=1e-5)
+
+
+def test_the_size_the_inversion_chose_is_read_back_and_kept_in_the_result(zoo):
+    model, _, inputs, belonging = zoo
+    resized = np.stack([pillow_resized(np.rint(im[..., 0] * 255).astype(np.uint8), (24, 24))
+                        for im in belonging[:2]])[..., None] / 255.0
+    targets = np.concatenate([resized, belonging[2:3]]).astype(np.float32)
+    # the true z with phi at the identity: the first two were resized at 24x24, the third not
+    robust_inputs = np.concatenate([np.asarray(inputs[:3]).reshape(3, -1),
+                                    np.zeros((3, phi_size(MODE, 1)), np.float32)], axis=1)
+    condition = robust_condition(MODE, None, 3, None, targets)
+    np.testing.assert_array_equal(resized_to(model, MODE, robust_inputs, condition),
+                                  [[24, 24], [24, 24], [32, 32]])
+    # without a resample stage there is no size to report
+    np.testing.assert_array_equal(resized_to(model, "tone", robust_inputs, None), np.zeros((3, 2)))
+    # an inversion records its choice per image: a size the stage tries, or the image's own
+    res = invert(model, targets[:2], InversionConfig(steps=2, restarts=1, robust=MODE))
+    tried = {(32, 32), *downup_sizes(32, 32)}
+    assert res.resized_to.shape == (2, 2) and {tuple(s) for s in res.resized_to} <= tried
+    off = invert(model, targets[:2], InversionConfig(steps=2, restarts=1))
+    np.testing.assert_array_equal(off.resized_to, np.zeros((2, 2)))
 
 
 def test_the_resample_family_alone_cannot_fit_a_real_image(zoo):

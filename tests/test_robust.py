@@ -146,24 +146,38 @@ def test_the_mode_is_a_result_setting_and_a_mismatched_audit_is_refused(zoo):
         check_compatible(profile, model, reference, cfg.replace(robust="off"))
 
 
-def test_ronan_profile_robust_is_recorded_and_the_audit_runs_in_it(world, tmp_path):
+@pytest.mark.parametrize("mode", ["tone", "tone+resample"])
+def test_ronan_profile_robust_is_recorded_and_the_audit_runs_in_it(world, tmp_path, mode):
     import json
 
     from e2e_helpers import db_rows, invoke, write_mixed_folder
 
+    from ronan_jax.engine.resample import downup_sizes
+
     out = tmp_path / "robust.json"
     built = invoke(["profile", "--model", world.model, "--reference", world.reference,
-                    "--samples", 3, "--steps", 2, "--restarts", 1, "--robust", "tone",
+                    "--samples", 3, "--steps", 2, "--restarts", 1, "--robust", mode,
                     "-o", out])
     assert built.exit_code == 0, built.output
-    assert "robust tone" in " ".join(built.output.split())
-    assert json.loads(out.read_text())["config"]["robust"] == "tone"
+    assert f"robust {mode}" in " ".join(built.output.split())
+    assert json.loads(out.read_text())["config"]["robust"] == mode
     folder = write_mixed_folder(world, tmp_path / "imgs", n=2)
     db = tmp_path / "r.sqlite"
     audited = invoke(["audit", str(folder), "--model", world.model, "--reference", world.reference,
-                      "--profile", out, "--db", db, "--quiet"])
+                      "--profile", out, "--db", db, "--quiet", "--keep-evidence"])
     assert audited.exit_code == 0, audited.output
     rows = db_rows(db)
     assert len(rows) == 4 and all(r["verdict"] in ("belonging", "non-belonging") for r in rows)
+    # the evidence says which resize each inversion found (a size the stage tries, or none)
+    for row in rows:
+        with np.load(row["evidence_path"]) as npz:
+            if mode == "tone":
+                assert "resized_to" not in npz.files
+                continue
+            h, w = npz["image"].shape[:2]
+            for key in ("resized_to", "ref_resized_to"):
+                assert tuple(npz[key]) in {(h, w), *downup_sizes(h, w)}
+    if mode != "tone":
+        return
     bad = invoke(["profile", "--model", world.model, "--robust", "webp", "-o", tmp_path / "x.json"])
     assert bad.exit_code == 2 and "webp" in bad.output

@@ -129,7 +129,7 @@ def apply_second_chance(
     won = idx[(best < np.where(np.isfinite(res.loss[idx]), res.loss[idx], np.inf))]
     from_sub = np.searchsorted(idx, won)
     fields = {name: np.array(getattr(res, name), copy=True)
-              for name in ("loss", "best_input", "reconstruction", "diverged")}
+              for name in ("loss", "best_input", "reconstruction", "diverged", "resized_to")}
     for name in fields:
         fields[name][won] = np.asarray(getattr(sub, name))[from_sub]
     merged = res._replace(**fields)

@@ -1,6 +1,8 @@
 """The evidence behind a verdict, kept per image as an ``.npz`` named by the SHA-256 of the
 image's bytes: float32 ``image``, ``reconstruction``, ``best_input`` (the reverse-engineered
-input), ``restart_best`` and, when calibrated, ``ref_reconstruction`` and ``ref_best_input``."""
+input), ``restart_best`` and, when calibrated, ``ref_reconstruction`` and ``ref_best_input``;
+in a robust mode that resamples, ``resized_to`` (and ``ref_resized_to``): the (height,
+width) the inversion found the image was resized down to and back."""
 
 from __future__ import annotations
 
@@ -76,6 +78,11 @@ def save_evidence(folder: Path, sha: str, image: np.ndarray, att: Attribution, i
     if att.reference_result is not None:
         arrays["ref_reconstruction"] = np.asarray(att.reference_result.reconstruction[i], np.float32)
         arrays["ref_best_input"] = np.asarray(att.reference_result.best_input[i], np.float32)
+    # a robust mode's resample stage: the (height, width) each inversion resized the image
+    # down to and back (its own size: no resize)
+    for key, res in (("resized_to", att.model_result), ("ref_resized_to", att.reference_result)):
+        if res is not None and res.resized_to is not None and res.resized_to[i].any():
+            arrays[key] = np.asarray(res.resized_to[i], np.int32)
     path = folder / f"{sha}.npz"
     write_npz(path, arrays)
     return path

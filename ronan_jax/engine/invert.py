@@ -32,7 +32,7 @@ from ronan_jax.engine.program import (
     images_per_call,
     step_segments,
 )
-from ronan_jax.engine.robust import inversion_generator, robust_condition
+from ronan_jax.engine.robust import inversion_generator, resized_to, robust_condition
 from ronan_jax.engine.stopping import StoppingRules
 
 # default_max_batch lives in ronan_jax.engine.program; it is re-exported here for callers
@@ -51,6 +51,9 @@ class InversionResult(NamedTuple):
     diverged: np.ndarray  # [B] bool: every run diverged; the image must not be judged
     steps_run: np.ndarray  # [B, R] optimisation steps each run actually ran
     # R is the restarts, plus one with a warm start (column 0, the run from the encoding).
+    # [B, 2] int: the (height, width) a robust mode's resample stage resized each image down
+    # to and back at best_input (its own size: no resize); (0, 0) without a resample stage.
+    resized_to: np.ndarray | None = None
 
 
 def image_prng_key(seed: int, image: np.ndarray) -> jax.Array:
@@ -113,7 +116,7 @@ def invert(
     if conditions is None and generator.condition is not None:
         conditions = generator.batched_condition(n)
     conditions = robust_condition(config.robust, conditions, n, codecs, images)
-    generator = inversion_generator(generator, config)  # robust mode: [z, phi] optimised
+    model, generator = generator, inversion_generator(generator, config)  # robust: [z, phi]
     if stop_below is not None:
         stop_below = np.broadcast_to(np.asarray(stop_below, np.float64), (n,))
     program = compiled_program(generator, config, metric)
@@ -143,6 +146,7 @@ def invert(
             np.zeros((0, r), np.float32),
             np.zeros((0,), bool),
             np.zeros((0, r), np.int32),
+            np.zeros((0, 2), np.int32),
         )
     loss, best_input, recon, restart_losses, restart_best, steps_run = (
         np.concatenate(p) for p in zip(*parts, strict=True)
@@ -155,6 +159,7 @@ def invert(
         restart_best=restart_best,
         diverged=~np.isfinite(loss),
         steps_run=steps_run,
+        resized_to=resized_to(model, config.robust, best_input, conditions),
     )
 
 

@@ -57,8 +57,8 @@ from ronan_jax.engine.resample import (
 )
 
 __all__ = ["ROBUST_MODES", "codec_table", "inversion_generator", "phi_size", "postprocess",
-           "recodes", "resamples", "robust_condition", "robust_generator", "split_inputs",
-           "without_codec"]
+           "recodes", "resamples", "resized_to", "robust_condition", "robust_generator",
+           "split_inputs", "without_codec"]
 
 MATRIX_BOUND = 0.5
 BIAS_BOUND = 0.3
@@ -187,6 +187,15 @@ def apply_resample(images: jax.Array, raw: jax.Array, targets: jax.Array | None,
     and wins ties). All sizes are computed each step; the choice is not differentiated,
     the chosen image is. ``targets`` None: no downscale. ``resize_cost``: the targets'
     :func:`resize_costs`, when computed once already."""
+    images = _zoom_and_filter(images, raw)
+    if targets is None:
+        return images
+    x, best = _size_choice(images, targets, resize_cost)
+    return jnp.take_along_axis(x, best[:, None, None, None, None], axis=1)[:, 0]
+
+
+def _zoom_and_filter(images: jax.Array, raw: jax.Array) -> jax.Array:
+    """The resample stage before its resize: zoom/shift and the symmetric kernel."""
     _, h, w, _ = images.shape
     raw = RESAMPLE_RATE * raw  # geometry and kernel settle slowly: early z gradients are noisy
     zoom = jnp.exp(ZOOM_LOG_BOUND * jnp.tanh(raw[:, 0]))
@@ -195,17 +204,21 @@ def apply_resample(images: jax.Array, raw: jax.Array, targets: jax.Array | None,
     taps = TAPS_BOUND * jnp.tanh(raw[:, 3 : 3 + RESAMPLE_TAPS])
     along_w = jax.vmap(lambda z, t, k: taps_matrix(w, k) @ zoom_matrix(w, z, t))(zoom, shift_x, taps)
     along_h = jax.vmap(lambda z, t, k: taps_matrix(h, k) @ zoom_matrix(h, z, t))(zoom, shift_y, taps)
-    images = apply_along(apply_along(images, along_w, 2), along_h, 1)  # Pillow: width first
-    if targets is None:
-        return images
+    return apply_along(apply_along(images, along_w, 2), along_h, 1)  # Pillow: width first
+
+
+def _size_choice(images: jax.Array, targets: jax.Array,
+                 resize_cost: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    """``(x, best)``: ``images`` resized down and back at every size ``[N, K, H, W, C]``
+    and the index ``[N]`` of the size that best explains each target (0: the identity)."""
+    _, h, w, _ = images.shape
     stack = tuple(jnp.asarray(m, images.dtype) for m in _downup_stack(h, w))
     x = _downup_all(images, stack)  # [N, K, H, W, C]
     targets = jax.lax.stop_gradient(targets.astype(x.dtype))
     misfit = jnp.mean((x - targets[:, None]) ** 2, axis=(2, 3, 4))
     if resize_cost is None:
         resize_cost = resize_costs(targets)
-    best = jax.lax.stop_gradient(jnp.argmin(misfit + resize_cost, axis=1))
-    return jnp.take_along_axis(x, best[:, None, None, None, None], axis=1)[:, 0]
+    return x, jax.lax.stop_gradient(jnp.argmin(misfit + resize_cost, axis=1))
 
 
 def _downup_all(images: jax.Array, stack: tuple[jax.Array, ...]) -> jax.Array:
@@ -386,3 +399,44 @@ def split_inputs(generator: Generator, mode: str, inputs: np.ndarray) -> tuple[n
     k = math.prod(shape)
     inputs = np.asarray(inputs)
     return inputs[:, :k].reshape((-1, *shape)), inputs[:, k:]
+
+
+def resized_to(generator: Generator, mode: str, inputs: np.ndarray, condition: Any) -> np.ndarray:
+    """``[N, 2]`` int: the (height, width) that ``mode``'s resample stage downscaled each
+    image to and back, for robust inputs ``[N, K + P]`` of ``generator`` (the unwrapped one)
+    under its robust ``condition`` (:func:`robust_condition`): the image's own size where
+    it kept the identity, and ``(0, 0)`` for every image when ``mode`` has no resample stage
+    or no targets. The choice the inversion made at its best input, so the evidence can say
+    which resize it found."""
+    inputs = np.asarray(inputs, np.float32)
+    n = inputs.shape[0]
+    h, w = generator.output_shape[:2]
+    if not resamples(mode) or n == 0 or _split_condition(mode, condition)[2] is None:
+        return np.zeros((n, 2), np.int32)
+    sizes = np.array([(h, w), *downup_sizes(h, w)], np.int32)
+    out = []
+    for lo in range(0, n, 16):  # each image holds every size's resized copy
+        part = jax.tree_util.tree_map(lambda a, lo=lo: a[lo : lo + 16], condition)
+        out.append(np.asarray(_size_index(generator.apply_fn, mode, tuple(generator.input_shape),
+                                          generator.params, inputs[lo : lo + 16], part)))
+    return sizes[np.concatenate(out)]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _size_index(apply_fn: Any, mode: str, input_shape: tuple[int, ...], params: Any,
+                inputs: jax.Array, condition: Any) -> jax.Array:
+    """The resample stage's size index per image (see :func:`resized_to`)."""
+    k = math.prod(input_shape)
+    inner, _, targets, resize_cost = _split_condition(mode, condition)
+    images = apply_fn(params, inputs[:, :k].reshape((-1, *input_shape)), inner)
+    phi = inputs[:, k:].astype(images.dtype)
+    offset = 0
+    for stage in stage_names(mode):
+        n = _stage_size(stage, images.shape[-1])
+        part = phi[:, offset : offset + n]
+        if stage == "resample":
+            return _size_choice(_zoom_and_filter(images, part), targets, resize_cost)[1]
+        if stage != "jpeg":
+            images = (apply_blur if stage == "blur" else apply_tone)(images, part)
+        offset += n
+    raise ValueError(f"robust mode {mode!r} has no resample stage")
