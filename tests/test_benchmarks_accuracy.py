@@ -407,3 +407,12 @@ def test_rows_are_chosen_by_substring_or_by_whole_label():
     exact = chosen_rows("second", ["=vae-mnist vs unseen real images, second chance"])
     assert [r.label for r in exact] == ["vae-mnist vs unseen real images, second chance"]
     assert chosen_rows("second", ["=vae-mnist vs unseen real images"]) == []
+
+
+def test_a_second_pass_schedules_cost_counts_each_halving_segment():
+    from benchmarks.second_pass_schedules import SCHEDULES, run_steps
+
+    assert run_steps(32, (0.1, 0.25, 0.5)) == pytest.approx(32 * 0.1 + 16 * 0.15 + 8 * 0.25 + 4 * 0.5)
+    assert run_steps(8, ()) == 8.0  # no halving: every restart runs all steps
+    costs = [run_steps(*s) / run_steps(*SCHEDULES[0]) for s in SCHEDULES]
+    assert costs[0] == 1.0 and all(c < 1.0 for c in costs[1:])
