@@ -410,9 +410,11 @@ def test_rows_are_chosen_by_substring_or_by_whole_label():
 
 
 def test_a_second_pass_schedules_cost_counts_each_halving_segment():
-    from benchmarks.second_pass_schedules import SCHEDULES, run_steps
+    from benchmarks.second_pass_schedules import SCHEDULES, run_steps, second_pass
 
-    assert run_steps(32, (0.1, 0.25, 0.5)) == pytest.approx(32 * 0.1 + 16 * 0.15 + 8 * 0.25 + 4 * 0.5)
-    assert run_steps(8, ()) == 8.0  # no halving: every restart runs all steps
-    costs = [run_steps(*s) / run_steps(*SCHEDULES[0]) for s in SCHEDULES]
+    # the default: halving at 150, 400 (375 rounded to a check step of 50) and 750 of 1500
+    assert run_steps(second_pass(32, (0.1, 0.25, 0.5))) == 32 * 150 + 16 * 250 + 8 * 350 + 4 * 750
+    assert run_steps(InversionConfig(steps=100, restarts=8)) == 800  # no halving
+    assert run_steps(InversionConfig(steps=100, restarts=3, halving_at=(0.5,))) == 3 * 50 + 2 * 50
+    costs = [run_steps(second_pass(*s)) / run_steps(second_pass(*SCHEDULES[0])) for s in SCHEDULES]
     assert costs[0] == 1.0 and all(c < 1.0 for c in costs[1:])
