@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -243,26 +244,46 @@ def resize_costs(targets: jax.Array) -> jax.Array:
 _resize_costs_jit = jax.jit(resize_costs)
 
 
+def _stage_parts(mode: str, phi: jax.Array, channels: int) -> Iterator[tuple[str, Any]]:
+    """Each stage of ``mode`` in order with its slice of ``phi`` ``[N, P]`` (the codec has
+    none: None)."""
+    offset = 0
+    for stage in stage_names(mode):
+        if stage == "jpeg":
+            yield stage, None
+            continue
+        n = _stage_size(stage, channels)
+        yield stage, phi[:, offset : offset + n]
+        offset += n
+
+
 def postprocess(mode: str, images: jax.Array, phi: jax.Array, codecs: Any = None,
                 targets: Any = None, resize_cost: Any = None) -> jax.Array:
     """``T_phi(images)``: the stages of ``mode`` with their parameters ``phi`` ``[N, P]``;
     for the codec, each image's JPEG spec ``codecs`` ``[N, SPEC_SIZE]`` (None: none was a
     JPEG file); for the resample stage, the images being inverted ``targets`` (None: no
     downscale is tried) and optionally their :func:`resize_costs`."""
-    offset = 0
-    for stage in stage_names(mode):
+    for stage, part in _stage_parts(mode, phi, images.shape[-1]):
         if stage == "jpeg":
             table = codec_table(None, images.shape[0]) if codecs is None else codecs
             images = jpeg_roundtrip(images, jnp.asarray(table))
-            continue
-        n = _stage_size(stage, images.shape[-1])
-        part = phi[:, offset : offset + n]
-        if stage == "resample":
+        elif stage == "resample":
             images = apply_resample(images, part, targets, resize_cost)
         else:
             images = (apply_blur if stage == "blur" else apply_tone)(images, part)
-        offset += n
     return images
+
+
+def _resample_choice(mode: str, images: jax.Array, phi: jax.Array, targets: jax.Array,
+                     resize_cost: jax.Array | None) -> jax.Array:
+    """``[N]``: the index of the size ``mode``'s resample stage picks for each image (0: the
+    identity), the stages before it applied as :func:`postprocess` applies them."""
+    for stage, part in _stage_parts(mode, phi, images.shape[-1]):
+        if stage == "resample":
+            return _size_choice(_zoom_and_filter(images, part), targets, resize_cost)[1]
+        if stage != "jpeg":
+            images = (apply_blur if stage == "blur" else apply_tone)(images, part)
+    raise ValueError(f"robust mode {mode!r} has no resample stage")
 
 
 def robust_condition(mode: str, condition: Any, n: int, codecs: Any = None,
@@ -307,12 +328,21 @@ class _RobustApply:
     channels: int
 
     def __call__(self, params: Any, inputs: jax.Array, condition: Any) -> jax.Array:
+        images, phi, (codecs, targets, resize_cost) = self._render(params, inputs, condition)
+        return postprocess(self.mode, images, phi, codecs, targets, resize_cost)
+
+    def resample_choice(self, params: Any, inputs: jax.Array, condition: Any) -> jax.Array:
+        """``[N]``: the resample stage's size index per image at ``inputs``."""
+        images, phi, (_, targets, resize_cost) = self._render(params, inputs, condition)
+        return _resample_choice(self.mode, images, phi, targets, resize_cost)
+
+    def _render(self, params: Any, inputs: jax.Array, condition: Any) -> tuple[Any, Any, Any]:
+        """``(G(z), phi, (codecs, targets, resize_cost))`` of robust ``inputs``."""
         k = math.prod(self.input_shape)
         z = inputs[:, :k].reshape((-1, *self.input_shape))
-        condition, codecs, targets, resize_cost = _split_condition(self.mode, condition)
+        condition, *per_image = _split_condition(self.mode, condition)
         images = self.inner(params, z, condition)
-        phi = inputs[:, k:].astype(images.dtype)
-        return postprocess(self.mode, images, phi, codecs, targets, resize_cost)
+        return images, inputs[:, k:].astype(images.dtype), tuple(per_image)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -414,29 +444,15 @@ def resized_to(generator: Generator, mode: str, inputs: np.ndarray, condition: A
     if not resamples(mode) or n == 0 or _split_condition(mode, condition)[2] is None:
         return np.zeros((n, 2), np.int32)
     sizes = np.array([(h, w), *downup_sizes(h, w)], np.int32)
+    apply = robust_generator(generator, mode).apply_fn  # a _RobustApply
     out = []
     for lo in range(0, n, 16):  # each image holds every size's resized copy
         part = jax.tree_util.tree_map(lambda a, lo=lo: a[lo : lo + 16], condition)
-        out.append(np.asarray(_size_index(generator.apply_fn, mode, tuple(generator.input_shape),
-                                          generator.params, inputs[lo : lo + 16], part)))
+        out.append(np.asarray(_resample_choice_jit(apply, generator.params,
+                                                   inputs[lo : lo + 16], part)))
     return sizes[np.concatenate(out)]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _size_index(apply_fn: Any, mode: str, input_shape: tuple[int, ...], params: Any,
-                inputs: jax.Array, condition: Any) -> jax.Array:
-    """The resample stage's size index per image (see :func:`resized_to`)."""
-    k = math.prod(input_shape)
-    inner, _, targets, resize_cost = _split_condition(mode, condition)
-    images = apply_fn(params, inputs[:, :k].reshape((-1, *input_shape)), inner)
-    phi = inputs[:, k:].astype(images.dtype)
-    offset = 0
-    for stage in stage_names(mode):
-        n = _stage_size(stage, images.shape[-1])
-        part = phi[:, offset : offset + n]
-        if stage == "resample":
-            return _size_choice(_zoom_and_filter(images, part), targets, resize_cost)[1]
-        if stage != "jpeg":
-            images = (apply_blur if stage == "blur" else apply_tone)(images, part)
-        offset += n
-    raise ValueError(f"robust mode {mode!r} has no resample stage")
+_resample_choice_jit = jax.jit(lambda apply, params, inputs, condition:
+                               apply.resample_choice(params, inputs, condition),
+                               static_argnums=0)
