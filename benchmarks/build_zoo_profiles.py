@@ -45,9 +45,10 @@ def seed_from_accuracy_cache(progress: Path, model: Generator, reference: Genera
 
     drawn = profile_classes(model, n, 0)  # None for an unconditional model
     images = np.round(quantize_8bit(profile_images(model, n, 0, drawn)) * 255).astype(np.uint8)
-    try:
-        loss, _ = cache.losses(model, images, config, cached_only=True, classes=drawn)
-        ref_loss, _ = cache.losses(reference, images, config, cached_only=True)
+    first = config.replace(second_chance=0.0)  # the cache holds first passes; the build
+    try:                                        # runs the second pass of the flagged images
+        loss, _ = cache.losses(model, images, first, cached_only=True, classes=drawn)
+        ref_loss, _ = cache.losses(reference, images, first, cached_only=True)
     except cache.NotCached as exc:
         return f"not all cached ({exc}): inverting them"
     record_measured_losses(progress, model, reference, n, 0, config, loss, ref_loss)
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("model")
     ap.add_argument("--demo", action="store_true", help=f"{DEMO_STEPS} steps (the demo's profile)")
     ap.add_argument("--preset", default="paper", choices=list(PRESETS),
-                    help="the inversion preset (fast: NAME-fast.json, warm start, trimmed)")
+                    help="the inversion preset (fast: NAME-fast.json, warm start, second chance)")
     ap.add_argument("--samples", type=int, default=100)
     ap.add_argument("--from-cache", action="store_true",
                     help="take the losses the accuracy benchmark's cache holds for the same "
@@ -84,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
 
     prof = build_profile(model, reference, n=args.samples, seed=0, config=config,
                          progress=report, resume_path=progress,
-                         trim_outliers=preset.trim_outliers and not args.demo)
+                         trim_outliers=preset.trim_outliers and not args.demo,
+                         trim_failed=preset.trim_failed and not args.demo)
     ref_name = zoo.default_reference(args.model)
     prof = dataclasses.replace(
         prof,

@@ -1097,7 +1097,7 @@ def _equal_accuracy(
         cfg, stop = preset.config(), preset.name != "paper"
         t0 = time.perf_counter()
         prof = build_profile(gen, None, n=settings.profile_n, seed=0, config=cfg,
-                             trim_outliers=preset.trim_outliers)
+                             trim_outliers=preset.trim_outliers, trim_failed=preset.trim_failed)
         profiles[preset.name] = prof
         att = attribute(images, gen, None, prof, cfg, decision_stop=stop)
         out[preset.name] = {

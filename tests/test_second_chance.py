@@ -25,6 +25,7 @@ from ronan_jax.attribution.profile import (
     Profile,
     ProfileError,
     ProfileMismatchError,
+    belonging_stats,
     normality,
     normality_note,
     quantize_8bit,
@@ -171,6 +172,44 @@ def test_profile_formats_and_edits(world, sc_profile, tmp_path):
             Profile.load(target)
 
 
+def test_still_failed_and_the_statistics_that_leave_them_out_on_values():
+    loss = np.array([1.0, 1.0, 1.0, 1.0, np.nan])
+    cal = np.array([0.1, 0.2, 0.3, 9.0, np.nan])
+    assert second_chance.still_failed(loss, cal, 5.0) == [3, 4]  # above the level, diverged
+    mu, sigma, n, trimmed = belonging_stats(cal, 0.05, False, failed=[3, 4])
+    assert (mu, n, trimmed) == (pytest.approx(0.2), 3, [3])  # the diverged one never counted
+    assert sigma == pytest.approx(0.1)
+
+
+def test_trim_failed_leaves_out_only_images_still_above_the_level(models, sc_profile, tmp_path):
+    """Built again from the same measured losses (the resume file: nothing is inverted), a
+    trim_failed profile leaves out exactly the images still above its level after their
+    second pass, records them, and keeps every loss; its file refuses an edited record."""
+    model, ref = models
+    prof, path = sc_profile
+    trimmed = build_profile(model, ref, n=SAMPLES, seed=0, config=SC, trim_failed=True,
+                            resume_path=path.with_suffix(".progress.jsonl"))
+    assert trimmed.losses == prof.losses and trimmed.second_chance["images"] == prof.second_chance["images"]
+    cal = np.asarray(prof.calibrated_losses, np.float64)
+    above = [int(i) for i in np.flatnonzero(cal > prof.second_chance_level)]
+    assert above and len(above) < SAMPLES  # K = 1: the median level leaves some above it
+    assert trimmed.second_chance["failed"] == above == trimmed.trimmed
+    kept = np.delete(cal, above)
+    assert trimmed.n == kept.size and trimmed.mu == pytest.approx(kept.mean())
+    assert trimmed.sigma == pytest.approx(kept.std(ddof=1)) and trimmed.threshold < prof.threshold
+    out = tmp_path / "trimmed.json"
+    trimmed.save(out)
+    assert Profile.load(out).second_chance["failed"] == above
+    data = json.loads(out.read_text())
+    data["second_chance"]["failed"] = above[:-1]
+    (tmp_path / "edited.json").write_text(json.dumps(data))
+    with pytest.raises(ProfileError):
+        Profile.load(tmp_path / "edited.json")
+    with pytest.raises(ValueError, match="needs the second chance"):
+        build_profile(model, ref, n=SAMPLES, seed=0, config=SC.replace(second_chance=0.0),
+                      trim_failed=True)
+
+
 def test_normality_note_on_values():
     rng = np.random.default_rng(0)
     w, p = normality(rng.normal(1.0, 0.1, 100))
@@ -213,3 +252,5 @@ def test_cli_profile_and_audit_with_the_second_chance(world, tmp_path):
                       "--db", tmp_path / "refused.sqlite", "--quiet", *extra])
         assert res.exit_code == 2 and "second_chance" in res.output, res.output
     assert not (tmp_path / "refused.sqlite").exists()
+    res = invoke([*args[:-4], "--trim-failed"])  # without --second-chance: a usage error
+    assert res.exit_code == 2 and "needs --second-chance" in res.output, res.output

@@ -243,6 +243,15 @@ def test_a_warm_profile_audits_warm_and_refuses_a_cold_audit_from_the_command_li
     assert "warm start (model encoder; reference cold, no encoder)" in built.output
     prof = json.loads((tmp_path / "p.json").read_text())
     assert prof["config"]["warm_start"] is True and "encoder_hash" in prof["model"]
+    fast_args = ["profile", "--model", model, "--reference", ref, "--preset", "fast", *common,
+                 "--second-restarts", "1", "--quiet"]
+    for extra, trims in (([], True), (["--no-trim-failed"], False)):
+        fast = invoke([*fast_args, *extra, "-o", tmp_path / f"fast{trims}.json"])
+        assert fast.exit_code == 0, fast.output
+        got = json.loads((tmp_path / f"fast{trims}.json").read_text())
+        assert got["config"]["second_chance"] == 5.0 and got["config"]["warm_start"] is True
+        assert ("failed" in got["second_chance"]) == trims  # the preset's rule, or not
+        assert got["trimmed"] == (got["second_chance"].get("failed") or [])
     folder = tmp_path / "imgs"
     folder.mkdir()
     from PIL import Image
@@ -267,6 +276,9 @@ def test_the_cli_presets_are_the_engines_and_paper_is_the_spec_default():
     assert paper == InversionConfig() and not get_preset("paper").trim_outliers
     fast = get_preset("fast").config(seed=3)
     assert fast.warm_start and fast.seed == 3
+    # the second chance for every image; only the profile images that fail it twice trimmed
+    assert fast.second_chance == 5.0 and get_preset("fast").trim_failed
+    assert not get_preset("fast").trim_outliers
     assert fast.steps * fast.runs_per_image(True) < paper.steps * paper.restarts
     with pytest.raises(ValueError, match="unknown preset 'slow'"):
         get_preset("slow")

@@ -35,7 +35,11 @@ def test_shipped_profile_loads_and_matches_its_models_parameter_hash(path):
     preset = next((p for p in PRESETS if p != "paper" and path.stem.endswith(f"-{p}")), None)
     if preset is not None:  # a warm preset: warm starts from the shipped encoders
         assert prof.config == get_preset(preset).config().result_settings()
-        assert bool(prof.trimmed) <= get_preset(preset).trim_outliers
+        chosen = get_preset(preset)
+        failed = (prof.second_chance or {}).get("failed")
+        assert (failed is not None) == chosen.trim_failed  # trimmed by the preset's rule only
+        if not chosen.trim_outliers:
+            assert prof.trimmed == (failed or [])
         assert prof.model["encoder_hash"] == model.encoder.param_hash
         assert prof.reference["encoder_hash"] == zoo.load(ref_name).encoder.param_hash
         return

@@ -50,6 +50,9 @@ class Row:
     # The second chance's k (0: off): first-pass losses from the row's own cache, the flagged
     # images inverted again on M with InversionConfig.second_pass() (cached apart).
     second_chance: float = 0.0
+    # With the second chance: profile statistics without the images still above its level
+    # after their second pass (``build_profile(trim_failed=True)``).
+    trim_failed: bool = False
 
     @property
     def specs(self) -> tuple[str, str, str]:
@@ -402,13 +405,20 @@ def score(row: Row, config: InversionConfig, n: int, alpha: float = 0.05,
             "flagged": {k: int(d["flagged"].sum()) for k, d in
                         zip(("profile", "positives", "negatives"), (prof, pos, neg), strict=True)},
             "extra_steps": second,
+            "extra_seconds": {k: d["second_seconds"] for k, d in
+                              zip(("profile", "positives", "negatives"), (prof, pos, neg), strict=True)},
             "first_pass_steps": first_steps,
             "extra_pct": 100.0 * sum(second.values()) / first_steps,
             "extra_pct_test_images": 100.0 * (second["positives"] + second["negatives"]) / test_first,
         }
         extra["normality"]["second_chance"] = normality(prof["calibrated"])
+    failed: list[int] = []
+    if row.trim_failed:
+        if not row.second_chance:
+            raise ValueError(f"row {row.label!r}: trim_failed needs the second chance")
+        failed = second_chance.still_failed(prof["loss"], prof["calibrated"], level)
     extra["log_grubbs"] = log_grubbs(prof, pos, neg, alpha)
-    mu, sigma, n_prof, trimmed = belonging_stats(prof["calibrated"], alpha, row.trim_profile)
+    mu, sigma, n_prof, trimmed = belonging_stats(prof["calibrated"], alpha, row.trim_profile, failed)
 
     def belonging(cal: np.ndarray) -> np.ndarray:
         ok = np.isfinite(cal)
@@ -522,16 +532,18 @@ def rechance(model: str, spec: str, d: dict[str, np.ndarray], level: float,
     """Apply the second chance to one set's first-pass losses ``d`` (in place): the images
     :func:`second_chance.flagged` at ``level`` are inverted on M with
     ``config.second_pass()`` (cached in its own file), each keeps its lower loss, and
-    ``d`` gains ``flagged``, ``first_calibrated`` and ``second_steps``."""
+    ``d`` gains ``flagged``, ``first_calibrated``, ``second_steps`` and ``second_seconds``
+    (the second pass's recorded wall time, summed)."""
     flags = second_chance.flagged(d["loss"], d["calibrated"], level)
     images = sets.load_set(spec, n)[flags]
     codecs = sets.load_codecs(spec, n)
     # 4 images x 32 restarts per call (a speed setting: results and cache key unchanged)
-    loss2, steps2 = cache.losses(sets.load_model(model), images,
-                                 config.second_pass().replace(max_batch=128),
-                                 f"{spec} (second chance)", log, root=root,
-                                 cached_only=cached_only,
-                                 codecs=None if codecs is None else codecs[flags])
+    second = config.second_pass().replace(max_batch=128)
+    gen, codecs2 = sets.load_model(model), None if codecs is None else codecs[flags]
+    loss2, steps2 = cache.losses(gen, images, second, f"{spec} (second chance)", log, root=root,
+                                 cached_only=cached_only, codecs=codecs2)
+    d["second_seconds"] = float(np.nansum(cache.seconds(gen, images, second, root=root,
+                                                        codecs=codecs2)))
     d["first_calibrated"] = d["calibrated"]
     d["loss"] = d["loss"].copy()
     d["loss"][flags] = second_chance.min_loss(d["loss"][flags], loss2)

@@ -62,6 +62,7 @@ def build_profile(
     progress: ProgressFn | None = None,
     resume_path: str | Path | None = None,
     trim_outliers: bool = False,
+    trim_failed: bool = False,
     model_spec: str | None = None,
     reference_spec: str | None = None,
     classes: list[int] | np.ndarray | None = None,
@@ -79,6 +80,11 @@ def build_profile(
     ``trim_outliers`` (off by default, as in the paper): leave out of mu and sigma the losses
     that repeated Grubbs tests find too high (:func:`belonging_stats`), i.e. inversions that
     failed; one such loss can multiply sigma and with it the threshold.
+
+    ``trim_failed`` (needs ``config.second_chance``): leave out of mu and sigma the images
+    still above the second chance's level after their second pass, whose inversion failed
+    twice (:func:`~ronan_jax.attribution.second_chance.still_failed`); unlike
+    ``trim_outliers`` it never cuts a sound tail, which has nothing above the level.
 
     ``model_spec`` / ``reference_spec``: how the models were named (``builtin:NAME`` or a
     checkpoint path), recorded in the profile so an audit finds the same reference.
@@ -98,6 +104,9 @@ def build_profile(
     if n < 3:
         raise ValueError(f"a profile needs n >= 3 images, got {n}")
     config = config or InversionConfig()
+    if trim_failed and not config.second_chance:
+        raise ValueError("trim_failed leaves out images still above the second chance's level: "
+                         "it needs the second chance (config.second_chance > 0)")
     drawn = profile_classes(model, n, seed, classes)
     chunk = chunk or profile_fit(model, reference, config, n, memory)[0]
     # Generated in the inversions' chunks only where memory lowered them (the same images,
@@ -135,7 +144,10 @@ def build_profile(
         for i, v in second.items():
             loss[i] = second_chance.min_loss(loss[i : i + 1], np.array([v]))[0]
         cal = calibrate(loss, ref_loss)
-    mu, sigma, n_used, trimmed = belonging_stats(cal, alpha, trim_outliers)
+        if trim_failed:
+            record["failed"] = second_chance.still_failed(loss, cal, level)
+    failed = record["failed"] if record is not None and trim_failed else []
+    mu, sigma, n_used, trimmed = belonging_stats(cal, alpha, trim_outliers, failed)
     profile = Profile(
         model=_with_spec(model.identity, model_spec),
         reference=None if reference is None else _with_spec(reference.identity, reference_spec),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from ronan_jax.attribution.second_chance import DEFAULT_K
 from ronan_jax.engine.config import InversionConfig
 
 
@@ -33,6 +34,8 @@ class Preset:
     warm_start: bool
     trim_outliers: bool
     second_chance: float = 0.0
+    # leave out the profile images still above the second chance's level after it
+    trim_failed: bool = False
 
     def config(self, **changes: Any) -> InversionConfig:
         """The preset's inversion settings, with ``changes`` applied."""
@@ -48,9 +51,10 @@ PRESETS: dict[str, Preset] = {
         Preset("paper", 1500, 8, warm_start=False, trim_outliers=False),
         # the paper's 1500 steps from the encoding of the image and one random restart
         Preset("balanced", 1500, 1, warm_start=True, trim_outliers=False),
-        # 300 steps from 2 random restarts plus the warm start; failed profile inversions
-        # left out of the statistics
-        Preset("fast", 300, 2, warm_start=True, trim_outliers=True),
+        # 300 steps from 2 random restarts plus the warm start; the second chance (k = 5)
+        # for every image, and the profile's images that failed it too left out
+        Preset("fast", 300, 2, warm_start=True, trim_outliers=False,
+               second_chance=DEFAULT_K, trim_failed=True),
     )
 }
 

@@ -64,7 +64,8 @@ class Profile:
     versions: dict[str, str]
     created: str
     format: int = PROFILE_FORMAT
-    # Indices (into ``calibrated_losses``) left out of mu and sigma by ``trim_outliers``.
+    # Indices (into ``calibrated_losses``) left out of mu and sigma: by ``trim_outliers``,
+    # or as failed inversions (``trim_failed``: still above the second chance's level).
     trimmed: list[int] = dataclasses.field(default_factory=list)
     digest: str = ""  # set by save(): SHA-256 of everything else (profile_integrity.digest)
     # A class-conditional model's profile: the class each image was generated from.
@@ -224,23 +225,29 @@ def _encoder_problems(profile: Profile, model: Generator, reference: Generator |
 
 
 def belonging_stats(
-    calibrated: np.ndarray, alpha: float = 0.05, trim_outliers: bool = False
+    calibrated: np.ndarray, alpha: float = 0.05, trim_outliers: bool = False,
+    failed: Sequence[int] = (),
 ) -> tuple[float, float, int, list[int]]:
     """mu, sigma (ddof 1), N and the trimmed indices of a profile's calibrated losses.
 
-    Non-finite losses (diverged inversions) never count; with ``trim_outliers`` the losses
-    :func:`ronan_jax.attribution.grubbs.high_outliers` rejects do not count either.
+    Non-finite losses (diverged inversions) never count. Nor do the losses at ``failed``
+    (inversions known to have failed: the second chance's images still above its level after
+    their second pass), nor, with ``trim_outliers``, those
+    :func:`ronan_jax.attribution.grubbs.high_outliers` then rejects.
     """
     cal = np.asarray(calibrated, np.float64)
     ok = np.isfinite(cal)
+    drop_failed = [int(i) for i in failed if ok[int(i)]]
+    ok[drop_failed] = False
     if ok.sum() < 3:
-        raise ValueError(f"only {ok.sum()} of {cal.size} profile images inverted to a finite loss")
-    trimmed: list[int] = []
+        raise ValueError(f"only {ok.sum()} of {cal.size} profile images inverted to a finite loss"
+                         + (f" and were kept ({len(drop_failed)} failed)" if drop_failed else ""))
+    trimmed = drop_failed
     if trim_outliers:
         idx = np.flatnonzero(ok)
         drop = idx[grubbs.high_outliers(cal[idx], alpha)]
         ok[drop] = False
-        trimmed = [int(i) for i in drop]
+        trimmed = sorted(trimmed + [int(i) for i in drop])
     valid = cal[ok]
     sigma = float(np.std(valid, ddof=1))
     if not sigma > 0:

@@ -183,6 +183,18 @@ def _check_second_chance(data: Mapping[str, Any], fmt: int) -> None:
     rerun = np.asarray(want, int)
     if np.any(np.isfinite(first[rerun]) & ~(losses[rerun] <= first[rerun])):
         raise ProfileError("a second-chance profile loss is above its first-pass loss")
+    if "failed" in record:  # built with trim_failed: the images still above the level
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cal = losses if ref is None else losses / ref
+        cal = np.where(np.isfinite(cal), cal, np.nan)
+        want_failed = second_chance.still_failed(losses, cal, level)
+        if record["failed"] != want_failed:
+            raise ProfileError(f"profile second_chance failed {record['failed']!r} are not the "
+                               f"images still above its level ({want_failed!r})")
+        finite = [i for i in want_failed if np.isfinite(cal[i])]
+        if not set(finite) <= set(data.get("trimmed", [])):
+            raise ProfileError("profile second_chance failed images are not all left out "
+                               "of its statistics ('trimmed')")
 
 
 def check_profile_data(data: Any, stats: Any, current_format: int) -> None:

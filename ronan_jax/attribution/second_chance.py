@@ -25,6 +25,12 @@ its ratio further, and a low ratio cannot be told from a genuinely well-fitted b
 without inverting everything again. So the second pass is on the model only, and reference
 failures stay out of scope (measured: ``benchmarks/RESULTS.md``, "Second chance").
 
+**Failed twice.** An image still above the level after its second pass is taken as an
+inversion that failed twice: a profile built with ``trim_failed`` leaves such images out of
+mu and sigma (:func:`still_failed`). This trims only what the rule flagged and a new search
+could not bring down, never a sound tail (which sits below the level), unlike Grubbs-based
+trimming, which cuts genuine tail values of a tight profile.
+
 **The median**, not the mean or the threshold: a failed inversion moves the mean and sigma
 (that is the problem) but not the median, so the level is the same whether or not the profile
 already holds a failure. Non-belonging images sit above the level too, and get their second
@@ -64,6 +70,14 @@ def flagged(loss: np.ndarray, calibrated: np.ndarray, level: float) -> np.ndarra
     cal = np.asarray(calibrated, np.float64)
     with np.errstate(invalid="ignore"):
         return ~np.isfinite(loss) | (np.isfinite(cal) & (cal > level))
+
+
+def still_failed(loss: np.ndarray, calibrated: np.ndarray, level: float) -> list[int]:
+    """Indices of the images still flagged at ``level`` after both passes (their
+    minimum-over-passes losses): inversions that failed twice. A profile built with
+    ``trim_failed`` leaves them out of its statistics; a sound tail has nothing above the
+    level, so nothing of it is cut."""
+    return [int(i) for i in np.flatnonzero(flagged(loss, calibrated, level))]
 
 
 def min_loss(first: np.ndarray, second: np.ndarray) -> np.ndarray:

@@ -67,8 +67,9 @@ METRIC_NAMES = ("mse", "mae", "ssim")  # = ronan_jax.engine.metrics.METRICS name
 @click.option("--alpha", default=0.05, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Significance level of Grubbs' test.")
 @click.option("--batch-size", default=None, type=click.IntRange(min=1), help="Images inverted together per device call (default: the engine's per-device choice).")
 @click.option("-o", "--out", default=None, type=click.Path(dir_okay=False), help="Where to write the profile JSON (default: profile-NAME.json).")
-@click.option("--trim-outliers/--no-trim-outliers", "trim_outliers", default=None, help="Leave out of mu and sigma the profile losses that repeated Grubbs tests reject as too high (failed inversions). Default: the preset's (paper and balanced: off, as in the paper; fast: on).")
-@click.option("--second-chance", default=0.0, show_default=True, is_flag=False, flag_value=SECOND_CHANCE_K, type=click.FloatRange(min=0), metavar="[K]", help=SECOND_CHANCE_HELP + " Recorded in the profile; audits apply its level.")
+@click.option("--trim-outliers/--no-trim-outliers", "trim_outliers", default=None, help="Leave out of mu and sigma the profile losses that repeated Grubbs tests reject as too high (failed inversions). Default: the preset's (off: the fast preset trims by --trim-failed instead).")
+@click.option("--trim-failed/--no-trim-failed", "trim_failed", default=None, help="With the second chance: leave out of mu and sigma the profile images still above its level after their second pass (inversions that failed twice); a sound tail is never cut. Default: the preset's (fast: on).")
+@click.option("--second-chance", default=None, is_flag=False, flag_value=SECOND_CHANCE_K, type=click.FloatRange(min=0), metavar="[K]", help=SECOND_CHANCE_HELP + " Default: the preset's (fast: 5; paper and balanced: off). Recorded in the profile; audits apply its level.")
 @click.option("--second-restarts", default=32, show_default=True, type=click.IntRange(min=1), help="Second chance: restarts of the second pass (new starting inputs), halved at 10, 25 and 50 % of its steps.")
 @click.option("--second-steps", default=0, show_default=True, type=click.IntRange(min=0), help="Second chance: Adam steps of the second pass (0: --steps).")
 @click.option("--warm-start/--cold-start", "warm_start", default=None, help=WARM_START_HELP + " Default: the preset's. Recorded in the profile; audits use it.")
@@ -93,7 +94,8 @@ def profile(
     batch_size: int | None,
     out: str | None,
     trim_outliers: bool | None,
-    second_chance: float,
+    trim_failed: bool | None,
+    second_chance: float | None,
     second_restarts: int,
     second_steps: int,
     warm_start: bool | None,
@@ -125,6 +127,13 @@ def profile(
     chosen_preset = get_preset(preset)
     if trim_outliers is None:
         trim_outliers = chosen_preset.trim_outliers
+    if second_chance is None:
+        second_chance = chosen_preset.second_chance
+    if trim_failed is None:
+        trim_failed = chosen_preset.trim_failed and bool(second_chance)
+    if trim_failed and not second_chance:
+        raise click.UsageError("--trim-failed leaves out images still above the second "
+                               "chance's level: it needs --second-chance")
     config = chosen_preset.config(lr=lr, metric=metric, seed=seed,
                                   class_rule=class_rule, class_screen_steps=class_screen,
                                   class_screen_keep=class_keep, second_chance=second_chance,
@@ -154,7 +163,7 @@ def profile(
     with profile_progress(err, samples, quiet) as progress:
         built = build_profile(
             gen, ref, n=samples, seed=seed, config=config, alpha=alpha, progress=progress,
-            resume_path=resume, trim_outliers=trim_outliers, classes=list(class_pool) or None,
+            resume_path=resume, trim_outliers=trim_outliers, trim_failed=trim_failed, classes=list(class_pool) or None,
             model_spec=normalize_spec(model),
             reference_spec=None if ref_spec is None else normalize_spec(ref_spec), chunk=chunk,
         )
@@ -162,6 +171,8 @@ def profile(
     click.echo(
         f"Wrote {out_path}: N={built.n}"
         + (f" ({len(built.trimmed)} outliers trimmed)" if trim_outliers else "")
+        + (f" ({len(built.second_chance.get('failed', []))} failed inversions left out)"
+           if trim_failed and built.second_chance else "")
         + (f" ({len(built.second_chance['images'])} images given a second pass above "
            f"calibrated loss {built.second_chance_level:.4g})" if built.second_chance else "")
         + f", mean calibrated loss {built.mu:.4g}, sd {built.sigma:.4g}, "
