@@ -135,6 +135,19 @@ def test_a_failed_inversion_recovers_with_the_second_chance(models):
     np.testing.assert_allclose(got.calibrated, got.loss / got.ref_loss, rtol=1e-6)
 
 
+def test_decision_stop_with_the_second_chance_uncalibrated_keeps_the_verdicts(models):
+    """Uncalibrated, decision_stop's bound is the threshold itself (a scalar); the second
+    pass of the flagged images stops by it too, and the verdicts are the full run's."""
+    model, _ = models
+    prof = build_profile(model, None, n=SAMPLES, seed=0, config=SC)
+    images = profile_images(model, SAMPLES, seed=5)
+    full = attribute(images, model, None, prof, SC)
+    stopped = attribute(images, model, None, prof, SC, decision_stop=True)
+    assert full.second_pass.any()
+    np.testing.assert_array_equal(stopped.verdict, full.verdict)
+    assert stopped.second_pass.any()
+
+
 def test_profile_without_the_rule_refuses_an_audit_with_it_and_the_reverse(models, engine,
                                                                           sc_profile):
     model, ref = models

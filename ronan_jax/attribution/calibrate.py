@@ -121,7 +121,8 @@ def apply_second_chance(
     sub, sub_class, _ = invert_by_class_rule(
         model, np.asarray(images, np.float32)[idx], config.second_pass(),
         None if classes is None else np.asarray(classes)[idx],
-        None if stop_below is None else np.asarray(stop_below)[idx],
+        # a scalar when uncalibrated (the threshold itself), one per image otherwise
+        None if stop_below is None else np.broadcast_to(stop_below, (len(images),))[idx],
         None if codecs is None else np.asarray(codecs)[idx],
     )
     res = first.model_result
