@@ -116,6 +116,13 @@ def test_auc_matches_pairwise_count_with_ties():
     assert speed.auc_lower_is_positive(np.array([0.1, 0.2, np.nan]), np.array([True, False, False])) == 1.0
 
 
+def test_an_auc_difference_of_exactly_the_tolerance_is_within_it():
+    # 20 + 20 images: 400 pairs, so AUCs are multiples of 0.0025
+    assert speed.auc_within(0.995, 1.0) and speed.auc_within(1.0, 0.995)  # 2 pairs swapped
+    assert not speed.auc_within(0.9925, 1.0)  # 3 pairs
+    assert speed.auc_within(0.7, 0.7) and not speed.auc_within(0.9, 0.8)
+
+
 def test_warmup_steps_compiles_the_same_segments():
     cfg = InversionConfig(steps=100, loop="chunked", unroll=10, check_every=50)
     assert speed.warmup_steps(100, cfg) == 20
