@@ -68,6 +68,8 @@ def demo_settings_note(prof: Path) -> str:
 
     mine = settings(prof)
     warm = " plus a warm start at the encoders" if mine.get("warm_start") else ""
+    if mine.get("second_chance"):
+        warm += f", and a second chance (k = {mine['second_chance']:g}) for images above its level"
     line = (
         f"Demo profile {prof}: {mine.get('steps')} steps x {mine.get('restarts')} restarts{warm} "
         f"({mine.get('metric')}); the audit uses exactly these settings."
