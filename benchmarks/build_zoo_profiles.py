@@ -2,7 +2,7 @@
 
     python -m benchmarks.build_zoo_profiles dcgan-mnist            # the paper's defaults: N 100, 1500 x 8
     python -m benchmarks.build_zoo_profiles dcgan-mnist --demo     # the demo's: N 100, 100 x 8
-    python -m benchmarks.build_zoo_profiles dcgan-mnist --preset fast   # N 100, the fast preset
+    python -m benchmarks.build_zoo_profiles dcgan-mnist --preset fast   # N 100, the fast preset (or express)
     python -m benchmarks.build_zoo_profiles vae-mnist --preset fast --from-cache   # losses the
                                                # accuracy benchmark measured on the same images
 
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("model")
     ap.add_argument("--demo", action="store_true", help=f"{DEMO_STEPS} steps (the demo's profile)")
     ap.add_argument("--preset", default="paper", choices=list(PRESETS),
-                    help="the inversion preset (fast: NAME-fast.json, warm start, second chance)")
+                    help="the inversion preset (fast / express: NAME-fast.json / NAME-express.json, warm start, second chance)")
     ap.add_argument("--samples", type=int, default=100)
     ap.add_argument("--from-cache", action="store_true",
                     help="take the losses the accuracy benchmark's cache holds for the same "

@@ -92,6 +92,8 @@ LR = 0.1
 MODELS = ("dcgan-mnist", "random-ngf64")
 EXPORT_ATOL = 1e-4
 AUC_TOLERANCE = 0.005
+HALVING = (0.1, 0.25, 0.5)  # successive halving 8 -> 4 -> 2 -> 1 restarts
+COLLAPSE_FACTOR = 10.0  # a baseline this much slower than the fastest in round 1 is not timed again
 
 
 def auc_within(a: float, b: float, tolerance: float = AUC_TOLERANCE) -> bool:
@@ -99,8 +101,6 @@ def auc_within(a: float, b: float, tolerance: float = AUC_TOLERANCE) -> bool:
     of 1 / (P N), so a difference of exactly the tolerance (2 of 400 pairs for 0.005) is
     within it; the slack only absorbs float rounding (1.0 - 0.995 is 0.0050000000000000044)."""
     return abs(a - b) <= tolerance + 1e-9
-HALVING = (0.1, 0.25, 0.5)  # successive halving 8 -> 4 -> 2 -> 1 restarts
-COLLAPSE_FACTOR = 10.0  # a baseline this much slower than the fastest in round 1 is not timed again
 
 
 # ----------------------------------------------------------------------------- arguments

@@ -418,3 +418,18 @@ def test_a_second_pass_schedules_cost_counts_each_halving_segment():
     assert run_steps(InversionConfig(steps=100, restarts=3, halving_at=(0.5,))) == 3 * 50 + 2 * 50
     costs = [run_steps(second_pass(*s)) / run_steps(second_pass(*SCHEDULES[0])) for s in SCHEDULES]
     assert costs[0] == 1.0 and all(c < 1.0 for c in costs[1:])
+
+
+def test_the_presets_table_scores_every_named_preset_with_its_second_pass():
+    from benchmarks.accuracy import presets as presets_table
+
+    cols = {c.name: c for c in presets_table.columns()}
+    assert list(cols) == ["paper", "paper + warm", "fast", "express"]
+    fast, express = cols["fast"], cols["express"]
+    # first passes are cached without the second chance; the column applies it, with the
+    # preset's own second pass (fast: 300-step restarts after a 1500-step first pass)
+    assert fast.config.second_chance == 0.0 and fast.second_chance == 5.0 and fast.trim_failed
+    assert fast.config.replace(second_chance=5.0).second_pass().steps == 300
+    assert (fast.config.steps, fast.config.restarts, express.config.steps) == (1500, 1, 300)
+    assert not cols["paper"].second_chance and cols["paper + warm"].config.warm_start
+    assert presets_table.main(["--bogus"]) == 2

@@ -194,16 +194,48 @@ def test_still_failed_and_the_statistics_that_leave_them_out_on_values():
     assert sigma == pytest.approx(0.1)
 
 
-def test_trim_failed_leaves_out_only_images_still_above_the_level(models, sc_profile, tmp_path):
+def test_failed_level_cuts_a_failure_but_not_a_skewed_sound_tail():
+    """The failed-twice bound: a tight profile's failure (40x its median) is above it, and a
+    log-normal profile's whole sound tail (sigma 1.7 in log space, as the photo model's; its
+    largest ~50x the median) is below it, although that tail is far above the level k x median."""
+    rng = np.random.default_rng(0)
+    tight = np.exp(rng.normal(np.log(0.1), 0.3, 100))
+    tight[7] = 40 * np.median(tight)
+    level = second_chance.flag_level(tight, 5.0)
+    bound = second_chance.failed_level(tight, level)
+    assert bound == pytest.approx(max(level, np.median(tight) * np.exp(4 * 1.4826 * np.median(
+        np.abs(np.log(tight) - np.median(np.log(tight)))))))
+    assert second_chance.still_failed(np.ones(100), tight, bound) == [7]
+    skewed = np.exp(rng.normal(np.log(0.01), 1.7, 100))
+    level = second_chance.flag_level(skewed, 5.0)
+    bound = second_chance.failed_level(skewed, level)
+    assert (skewed > level).sum() >= 10 and bound > skewed.max()
+    assert second_chance.still_failed(np.ones(100), skewed, bound) == []
+    assert second_chance.failed_level(np.full(10, 0.2), 1.0) == 1.0  # no spread: the level
+    with pytest.raises(ValueError, match="positive finite"):
+        second_chance.failed_level([np.nan, None, 0.0], 1.0)
+
+
+def test_trim_failed_leaves_out_only_images_that_failed_twice(models, sc_profile, tmp_path):
     """Built again from the same measured losses (the resume file: nothing is inverted), a
-    trim_failed profile leaves out exactly the images still above its level after their
-    second pass, records them, and keeps every loss; its file refuses an edited record."""
+    trim_failed profile leaves out exactly the images still above both its level and its
+    spread bound after their second pass, records them with the bound's constants, and keeps
+    every loss; its file refuses an edited record. At the default width nothing of this
+    profile is that far out; at a near-zero width the bound is the level (K = 1: the median)."""
     model, ref = models
     prof, path = sc_profile
-    trimmed = build_profile(model, ref, n=SAMPLES, seed=0, config=SC, trim_failed=True,
-                            resume_path=path.with_suffix(".progress.jsonl"))
-    assert trimmed.losses == prof.losses and trimmed.second_chance["images"] == prof.second_chance["images"]
+    resume = path.with_suffix(".progress.jsonl")
     cal = np.asarray(prof.calibrated_losses, np.float64)
+    first = np.asarray(prof.second_chance["first_losses"], np.float64) / np.asarray(prof.ref_losses)
+    default = build_profile(model, ref, n=SAMPLES, seed=0, config=SC, trim_failed=True,
+                            resume_path=resume)
+    bound = second_chance.failed_level(first, prof.second_chance_level)
+    assert default.second_chance["failed_level"] == pytest.approx(bound)
+    assert default.second_chance["failed"] == [int(i) for i in np.flatnonzero(cal > bound)]
+    trimmed = build_profile(model, ref, n=SAMPLES, seed=0, config=SC, trim_failed=True,
+                            failed_mads=1e-6, resume_path=resume)
+    assert trimmed.losses == prof.losses and trimmed.second_chance["images"] == prof.second_chance["images"]
+    assert trimmed.second_chance["failed_level"] == pytest.approx(prof.second_chance_level)
     above = [int(i) for i in np.flatnonzero(cal > prof.second_chance_level)]
     assert above and len(above) < SAMPLES  # K = 1: the median level leaves some above it
     assert trimmed.second_chance["failed"] == above == trimmed.trimmed
@@ -214,10 +246,14 @@ def test_trim_failed_leaves_out_only_images_still_above_the_level(models, sc_pro
     trimmed.save(out)
     assert Profile.load(out).second_chance["failed"] == above
     data = json.loads(out.read_text())
-    data["second_chance"]["failed"] = above[:-1]
-    (tmp_path / "edited.json").write_text(json.dumps(data))
-    with pytest.raises(ProfileError):
-        Profile.load(tmp_path / "edited.json")
+    for name, edit in (("failed", lambda r: r.update(failed=above[:-1])),
+                       ("mads", lambda r: r.update(failed_mads=4.0)),
+                       ("level", lambda r: r.update(failed_level=r["failed_level"] * 2))):
+        bad = json.loads(json.dumps(data))
+        edit(bad["second_chance"])
+        (tmp_path / f"edited-{name}.json").write_text(json.dumps(bad))
+        with pytest.raises(ProfileError, match="second_chance failed"):  # before the digest
+            Profile.load(tmp_path / f"edited-{name}.json")
     with pytest.raises(ValueError, match="needs the second chance"):
         build_profile(model, ref, n=SAMPLES, seed=0, config=SC.replace(second_chance=0.0),
                       trim_failed=True)

@@ -244,7 +244,7 @@ def test_a_warm_profile_audits_warm_and_refuses_a_cold_audit_from_the_command_li
     prof = json.loads((tmp_path / "p.json").read_text())
     assert prof["config"]["warm_start"] is True and "encoder_hash" in prof["model"]
     fast_args = ["profile", "--model", model, "--reference", ref, "--preset", "fast", *common,
-                 "--second-restarts", "1", "--quiet"]
+                 "--second-restarts", "1", "--second-steps", "5", "--quiet"]
     for extra, trims in (([], True), (["--no-trim-failed"], False)):
         fast = invoke([*fast_args, *extra, "-o", tmp_path / f"fast{trims}.json"])
         assert fast.exit_code == 0, fast.output
@@ -276,10 +276,15 @@ def test_the_cli_presets_are_the_engines_and_paper_is_the_spec_default():
     assert paper == InversionConfig() and not get_preset("paper").trim_outliers
     fast = get_preset("fast").config(seed=3)
     assert fast.warm_start and fast.seed == 3
-    # the second chance for every image; only the profile images that fail it twice trimmed
-    assert fast.second_chance == 5.0 and get_preset("fast").trim_failed
-    assert not get_preset("fast").trim_outliers
-    assert fast.steps * fast.runs_per_image(True) < paper.steps * paper.restarts
+    assert (fast.steps, fast.restarts, fast.second_pass().steps) == (1500, 1, 300)
+    express = get_preset("express").config()
+    assert (express.steps, express.restarts, express.second_pass().steps) == (300, 2, 300)
+    for name, cfg in (("fast", fast), ("express", express)):
+        # the second chance for every image; only the profile images that fail it twice trimmed
+        assert cfg.second_chance == 5.0 and get_preset(name).trim_failed
+        assert cfg.warm_start and not get_preset(name).trim_outliers
+    assert (express.steps * express.runs_per_image(True) < fast.steps * fast.runs_per_image(True)
+            < paper.steps * paper.restarts)
     with pytest.raises(ValueError, match="unknown preset 'slow'"):
         get_preset("slow")
 

@@ -1,6 +1,7 @@
 """The inversion presets side by side on the core rows and Tables 2 and 3, from the cache.
 
     python -m benchmarks.accuracy.presets            # score what is cached, invert nothing
+    python -m benchmarks.accuracy.presets --fill     # first invert what the named presets lack
 
 For every row: the paper preset (1500 x 8, cold, untrimmed profile: the SPEC-default run),
 the SPEC defaults with the warm start (1500 x 8 + the encoder's run; filled by
@@ -9,7 +10,9 @@ the SPEC defaults with the warm start (1500 x 8 + the encoder's run; filled by
 reference), accuracy, AUC and seconds per image (as the cache recorded them while filling:
 machine load included; "-" where the records hold no time: older ones, and the composed
 warm SPEC losses). Writes ``results/presets.{json,md}``. Fill a preset's rows with
-``python -m benchmarks.accuracy core 2 3 --steps S --restarts R --warm --workers 2``.
+``python -m benchmarks.accuracy core 2 3 --steps S --restarts R --warm --workers 2``; then
+``--fill`` runs what is still missing of the named presets' rows (in practice the second
+passes of the images a preset flags, a few minutes), in this one process.
 """
 
 from __future__ import annotations
@@ -61,13 +64,15 @@ def columns() -> list[Column]:
     return out
 
 
-def score_column(row: tables.Row, column: Column, n: int = 100) -> dict | None:
-    """The row under ``column`` from cached losses (None if not all cached)."""
+def score_column(row: tables.Row, column: Column, n: int = 100, fill: bool = False) -> dict | None:
+    """The row under ``column`` from cached losses (None if not all cached), or, with
+    ``fill``, inverting what is missing first."""
     scored_row = dataclasses.replace(row, trim_profile=column.trim,
                                      second_chance=column.second_chance,
                                      trim_failed=column.trim_failed)
     try:
-        r = tables.score(scored_row, column.config, n, cached_only=True, log=lambda m: None)
+        r = tables.score(scored_row, column.config, n, cached_only=not fill,
+                         log=(lambda m: print(m, flush=True)) if fill else (lambda m: None))
     except cache.NotCached:
         return None
     steps, seconds = r["steps_run"], r["seconds_per_image"]
@@ -83,11 +88,17 @@ def score_column(row: tables.Row, column: Column, n: int = 100) -> dict | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    del argv
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args not in ([], ["--fill"]):
+        print("usage: python -m benchmarks.accuracy.presets [--fill]", file=sys.stderr)
+        return 2
+    fill = args == ["--fill"]
     cols = columns()
     out = []
     for row in rows():
-        out.append({"row": row.label, **{c.name: score_column(row, c) for c in cols}})
+        # paper and paper + warm come from their own benchmarks; --fill runs the named presets
+        out.append({"row": row.label, **{c.name: score_column(row, c, fill=fill and not c.name.startswith("paper"))
+                                         for c in cols}})
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "presets.json").write_text(json.dumps(out, indent=1))
     lines = ["| row | budget | steps run / image | accuracy | AUC | s / image | vs paper |",

@@ -416,7 +416,8 @@ def score(row: Row, config: InversionConfig, n: int, alpha: float = 0.05,
     if row.trim_failed:
         if not row.second_chance:
             raise ValueError(f"row {row.label!r}: trim_failed needs the second chance")
-        failed = second_chance.still_failed(prof["loss"], prof["calibrated"], level)
+        bound = second_chance.failed_level(prof["first_calibrated"], level)
+        failed = second_chance.still_failed(prof["loss"], prof["calibrated"], bound)
     extra["log_grubbs"] = log_grubbs(prof, pos, neg, alpha)
     mu, sigma, n_prof, trimmed = belonging_stats(prof["calibrated"], alpha, row.trim_profile, failed)
 

@@ -63,6 +63,7 @@ def build_profile(
     resume_path: str | Path | None = None,
     trim_outliers: bool = False,
     trim_failed: bool = False,
+    failed_mads: float = second_chance.FAILED_MADS,
     model_spec: str | None = None,
     reference_spec: str | None = None,
     classes: list[int] | np.ndarray | None = None,
@@ -82,9 +83,11 @@ def build_profile(
     failed; one such loss can multiply sigma and with it the threshold.
 
     ``trim_failed`` (needs ``config.second_chance``): leave out of mu and sigma the images
-    still above the second chance's level after their second pass, whose inversion failed
-    twice (:func:`~ronan_jax.attribution.second_chance.still_failed`); unlike
-    ``trim_outliers`` it never cuts a sound tail, which has nothing above the level.
+    still above the second chance's level and far outside the profile's own log-space spread
+    after their second pass, whose inversion failed twice
+    (:func:`~ronan_jax.attribution.second_chance.failed_level`); unlike ``trim_outliers`` it
+    cuts neither a tight profile's tail nor a skewed one's. ``failed_mads``: that spread's
+    width in robust log-space sigmas, recorded.
 
     ``model_spec`` / ``reference_spec``: how the models were named (``builtin:NAME`` or a
     checkpoint path), recorded in the profile so an audit finds the same reference.
@@ -139,13 +142,16 @@ def build_profile(
         record = {"k": config.second_chance, "level": level,
                   "images": [int(i) for i in np.flatnonzero(flags)],
                   "first_losses": finite_or_none(loss)}
+        first_cal = cal
         second = _second_pass(model, images, drawn, config, ident, level, record["images"],
                               resume_path, progress, n, memory)
         for i, v in second.items():
             loss[i] = second_chance.min_loss(loss[i : i + 1], np.array([v]))[0]
         cal = calibrate(loss, ref_loss)
         if trim_failed:
-            record["failed"] = second_chance.still_failed(loss, cal, level)
+            record["failed_mads"] = float(failed_mads)
+            record["failed_level"] = second_chance.failed_level(first_cal, level, failed_mads)
+            record["failed"] = second_chance.still_failed(loss, cal, record["failed_level"])
     failed = record["failed"] if record is not None and trim_failed else []
     mu, sigma, n_used, trimmed = belonging_stats(cal, alpha, trim_outliers, failed)
     profile = Profile(

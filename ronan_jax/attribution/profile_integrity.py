@@ -183,14 +183,24 @@ def _check_second_chance(data: Mapping[str, Any], fmt: int) -> None:
     rerun = np.asarray(want, int)
     if np.any(np.isfinite(first[rerun]) & ~(losses[rerun] <= first[rerun])):
         raise ProfileError("a second-chance profile loss is above its first-pass loss")
-    if "failed" in record:  # built with trim_failed: the images still above the level
-        with np.errstate(divide="ignore", invalid="ignore"):
-            cal = losses if ref is None else losses / ref
-        cal = np.where(np.isfinite(cal), cal, np.nan)
-        want_failed = second_chance.still_failed(losses, cal, level)
+    if "failed" in record:  # built with trim_failed: the images that failed twice
+        if "failed_level" in record:
+            try:
+                want_bound = second_chance.failed_level(first_cal, level,
+                                                        _number(record, "failed_mads"))
+            except ValueError as exc:
+                raise ProfileError(f"profile second_chance: {exc}") from None
+            if not math.isclose(_number(record, "failed_level"), want_bound, rel_tol=REL_TOL, abs_tol=1e-300):
+                raise ProfileError(f"profile second_chance failed_level is {record['failed_level']!r} "
+                                   f"but its first-pass losses give {want_bound!r}")
+            bound = want_bound
+        else:  # built before the spread rule: the level alone
+            bound = level
+        cal = _losses(data, "calibrated_losses")  # validated against the losses already
+        want_failed = second_chance.still_failed(losses, cal, bound)
         if record["failed"] != want_failed:
             raise ProfileError(f"profile second_chance failed {record['failed']!r} are not the "
-                               f"images still above its level ({want_failed!r})")
+                               f"images that failed twice ({want_failed!r})")
         finite = [i for i in want_failed if np.isfinite(cal[i])]
         if not set(finite) <= set(data.get("trimmed", [])):
             raise ProfileError("profile second_chance failed images are not all left out "

@@ -63,13 +63,13 @@ SECOND_CHANCE_HELP = (
 PLAN_FIELD_FLAGS = {"model": "--model", "reference": "--reference", "profile": "--profile",
                     "classes": "--class / --classes-from", "preset": "--preset"}
 """The flag that sets each :class:`ronan_jax.audit.AuditConfig` field a plan error names."""
-PRESET_NAMES = ("paper", "balanced", "fast")  # = ronan_jax.attribution.presets.PRESETS (checked in tests)
+PRESET_NAMES = ("paper", "fast", "express")  # = ronan_jax.attribution.presets.PRESETS (checked in tests)
 PRESET_HELP = (
-    "Inversion budget: paper (the paper's 1500 steps x 8 restarts, cold), balanced (1500 "
-    "steps x 1 restart plus a warm start at the model's encoder: 25 % of the paper's steps) or "
-    "fast (300 steps x 2 restarts plus the warm start, failed profile inversions trimmed: "
-    "7.5 % of the steps, accuracy up to 3 points lower); measured in benchmarks/RESULTS.md, "
-    "'Warm starts'."
+    "Inversion budget: paper (the paper's 1500 steps x 8 restarts, cold), fast (1500 steps x 1 "
+    "restart plus a warm start at the model's encoder, and the second chance: 32 % of the "
+    "paper's steps, within 0.5 points of its accuracy on every measured row) or express (300 "
+    "steps x 2 restarts plus the warm start and the second chance: 14 % of the steps, up to "
+    "1.5 points lower); measured in benchmarks/RESULTS.md, 'Warm starts'."
 )
 
 

@@ -28,10 +28,10 @@ def demo(out: str, n: int, profile_path: str | None, batch_size: int | None, qui
     table and writes OUT/report.html; re-running resumes from OUT/demo.sqlite.
 
     Settings: the demo judges with the shipped fast-preset profile (dcgan-mnist-fast.json:
-    300 steps x 2 restarts plus a warm start at the encoders, and a second chance for images
-    above its level: 14 % of the paper's optimisation steps), so that it runs in about a
-    minute on a laptop CPU; the audit
-    always uses exactly the settings of the profile it judges with (they are printed).
+    1500 steps x 1 restart plus a warm start at the encoders, and a second chance for images
+    above its level: a third of the paper's optimisation steps), so that it runs in under two
+    minutes on a laptop CPU; the audit always uses exactly the settings of the profile it
+    judges with (they are printed).
     --profile picks another profile of dcgan-mnist (the paper's: the shipped
     dcgan-mnist.json).
     """

@@ -68,10 +68,10 @@ METRIC_NAMES = ("mse", "mae", "ssim")  # = ronan_jax.engine.metrics.METRICS name
 @click.option("--batch-size", default=None, type=click.IntRange(min=1), help="Images inverted together per device call (default: the engine's per-device choice).")
 @click.option("-o", "--out", default=None, type=click.Path(dir_okay=False), help="Where to write the profile JSON (default: profile-NAME.json).")
 @click.option("--trim-outliers/--no-trim-outliers", "trim_outliers", default=None, help="Leave out of mu and sigma the profile losses that repeated Grubbs tests reject as too high (failed inversions). Default: the preset's (off: the fast preset trims by --trim-failed instead).")
-@click.option("--trim-failed/--no-trim-failed", "trim_failed", default=None, help="With the second chance: leave out of mu and sigma the profile images still above its level after their second pass (inversions that failed twice); a sound tail is never cut. Default: the preset's (fast: on).")
-@click.option("--second-chance", default=None, is_flag=False, flag_value=SECOND_CHANCE_K, type=click.FloatRange(min=0), metavar="[K]", help=SECOND_CHANCE_HELP + " Default: the preset's (fast: 5; paper and balanced: off). Recorded in the profile; audits apply its level.")
+@click.option("--trim-failed/--no-trim-failed", "trim_failed", default=None, help="With the second chance: leave out of mu and sigma the profile images still above its level, and far outside the profile's own log-space spread, after their second pass (inversions that failed twice); a sound tail is never cut. Default: the preset's (fast and express: on).")
+@click.option("--second-chance", default=None, is_flag=False, flag_value=SECOND_CHANCE_K, type=click.FloatRange(min=0), metavar="[K]", help=SECOND_CHANCE_HELP + " Default: the preset's (fast and express: 5; paper: off). Recorded in the profile; audits apply its level.")
 @click.option("--second-restarts", default=32, show_default=True, type=click.IntRange(min=1), help="Second chance: restarts of the second pass (new starting inputs), halved at 10, 25 and 50 % of its steps.")
-@click.option("--second-steps", default=0, show_default=True, type=click.IntRange(min=0), help="Second chance: Adam steps of the second pass (0: --steps).")
+@click.option("--second-steps", default=None, type=click.IntRange(min=0), help="Second chance: Adam steps of the second pass (0: --steps). Default: the preset's (fast: 300; express: its --steps).")
 @click.option("--warm-start/--cold-start", "warm_start", default=None, help=WARM_START_HELP + " Default: the preset's. Recorded in the profile; audits use it.")
 @click.option("--robust", default="off", show_default=True, type=click.Choice(ROBUST_MODES), help=ROBUST_HELP)
 @click.option("--quiet", is_flag=True, help="No progress bar (for logs).")
@@ -97,7 +97,7 @@ def profile(
     trim_failed: bool | None,
     second_chance: float | None,
     second_restarts: int,
-    second_steps: int,
+    second_steps: int | None,
     warm_start: bool | None,
     robust: str,
     quiet: bool,
@@ -129,6 +129,8 @@ def profile(
         trim_outliers = chosen_preset.trim_outliers
     if second_chance is None:
         second_chance = chosen_preset.second_chance
+    if second_steps is None:
+        second_steps = chosen_preset.second_steps
     if trim_failed is None:
         trim_failed = chosen_preset.trim_failed and bool(second_chance)
     if trim_failed and not second_chance:

@@ -45,9 +45,9 @@ def save_png_images(images: np.ndarray, folder: str | os.PathLike[str], prefix: 
 
 def demo_profile_path(given: str | None) -> Path | None:
     """The demo's profile: ``--profile``; else the shipped fast-preset profile
-    ``zoo/profiles/dcgan-mnist-fast.json`` (warm-started, 300 steps x 2 restarts and the
-    second chance, so the demo finishes in about a minute on a CPU); else the reduced ``dcgan-mnist-demo.json``; else
-    the full ``dcgan-mnist.json``."""
+    ``zoo/profiles/dcgan-mnist-fast.json`` (1500 steps x 1 restart plus the warm start, and
+    the second chance, so the demo finishes in under two minutes on a CPU); else the reduced
+    ``dcgan-mnist-demo.json``; else the full ``dcgan-mnist.json``."""
     if given:
         return Path(given)
     for name in (DEMO_PROFILE_NAME, FALLBACK_PROFILE_NAME):
